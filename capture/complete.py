@@ -1,0 +1,110 @@
+"""Turn a :class:`~capture.engine.FinishedCall` into a vCon: render audio, fold events, assemble.
+
+Module-level and picklable on purpose: the ingest shell and the daemon run :func:`complete_call` in
+a worker process, beside the packet loop (decoding and encoding audio is the heavy part).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from capture.calls import CALLEE, CALLER
+from capture.engine import FinishedCall
+from capture.recorder import RenderResult, render_recording
+from conversation import events as ev
+from conversation.assembler import VENDOR, AssemblyOptions, assemble
+from conversation.model import Conversation, ConversationTracker
+
+_CHANNEL_PARTY = (CALLER, CALLEE)
+
+
+def media_events(job: FinishedCall, result: RenderResult) -> list[ev.ConversationEvent]:
+    """Conversation events derived from the rendered audio: recording, DTMF, quality, reasons."""
+    out: list[ev.ConversationEvent] = []
+    at = job.ended_at
+    if result.path is not None:
+        out.append(
+            ev.RecordingAdded(
+                key=job.key,
+                at=at,
+                leg=job.leg,
+                recording=ev.RecordingRef(
+                    start=result.start,
+                    duration=result.duration,
+                    channels=(CALLER, CALLEE),
+                    mediatype="audio/x-wav",
+                    path=str(result.path),
+                    filename=f"{Path(str(result.path)).name}",
+                    remove_after_use=True,
+                ),
+            )
+        )
+    for channel, report in enumerate(result.channel_reports):
+        for digit in report.dtmf:
+            out.append(
+                ev.DigitPressed(
+                    key=job.key, at=digit.at, leg=job.leg, party=_CHANNEL_PARTY[channel],
+                    digit=digit.digit, duration=digit.duration,
+                )
+            )
+    streams: list[dict[str, Any]] = []
+    for channel, report in enumerate(result.channel_reports):
+        for stats in report.stream_stats:
+            item = _plain(stats)
+            item["channel"] = channel
+            item["party"] = channel
+            streams.append(item)
+    body: dict[str, Any] = {"streams": streams, "sample_rate": result.sample_rate}
+    reasons = [r.no_audio_reason for r in result.channel_reports if r.no_audio_reason]
+    if result.path is None:
+        body["no_audio_reason"] = result.no_audio_reason or "; ".join(reasons) or "no RTP seen"
+    elif reasons:
+        body["channel_notes"] = {str(i): r.no_audio_reason for i, r in enumerate(result.channel_reports)
+                                 if r.no_audio_reason}
+    out.append(
+        ev.AnalysisAdded(
+            key=job.key, at=at, type="report", vendor=VENDOR, product=VENDOR, schema="vcon-capture-rtp-quality",
+            body=body, legs=(job.leg,),
+        )
+    )
+    return out
+
+
+def _plain(obj: Any) -> Any:
+    """Dataclasses to JSON-able values."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(x) for x in obj]
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float):
+        return round(obj, 6)
+    return obj
+
+
+def build_conversation(job: FinishedCall) -> Conversation:
+    """Render the call's audio (if answered) and fold every event into a Conversation."""
+    events = list(job.events)
+    if job.render is not None:
+        r = job.render
+        result = render_recording(
+            [list(r.channels[0]), list(r.channels[1])], start=r.start, end=r.end, out_path=Path(r.out_path)
+        )
+        events.extend(media_events(job, result))
+    events.append(ev.ConversationEnded(key=job.key, at=job.ended_at, partial=job.partial,
+                                       reason=None if not job.partial else job.reason))
+    tracker = ConversationTracker()
+    finished: list[Conversation] = []
+    for event in events:
+        finished.extend(tracker.handle(event))
+    return finished[-1]
+
+
+def complete_call(job: FinishedCall, options: AssemblyOptions, now: float) -> dict[str, Any]:
+    """The vCon for one finished call."""
+    return assemble(build_conversation(job), options, now=now)

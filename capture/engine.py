@@ -1,0 +1,339 @@
+"""Route datagrams to SIP calls and RTP streams; hand finished calls out for rendering.
+
+The engine is the one code path behind ``ingest`` (pcap files) and the live sniffer: both give it
+:class:`~capture.netlayers.Datagram` records whose ``ts`` is the time (record timestamp or loop
+clock). It owns no sockets and reads no clock. It does write RTP payloads to per-stream spool files
+(audio goes to disk, not into lists), so memory stays flat as calls get longer.
+
+Routing (style.md "The edges"): RTP by exact 4-tuple (source address/port → destination
+address/port) derived from the SDP offer and answer, so concurrent calls that share one media
+endpoint, or even an SSRC, never mix. Datagrams that match no 4-tuple and are not SIP may still be
+RTP whose advertised address is not where it comes from (NAT, symmetric RTP): one end matching an
+advertised endpoint, or the SDP port at the SIP peer's address, makes an *inferred* match that the
+vCon reports. Ambiguous inferences are refused and counted.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from capture.calls import (
+    CALLEE,
+    CALLER,
+    CallDone,
+    CallOptions,
+    CallOutput,
+    CallState,
+    CallTracker,
+    MediaEndpoint,
+    MediaUpdated,
+    SipCall,
+    sip_trace_attachment,
+)
+from capture.netlayers import Datagram
+from capture.recorder import CodecSpec, SpoolInfo, StreamSpool
+from capture.sip import SipMessage, SipParseError, looks_like_sip, parse_datagram
+from conversation import events as ev
+
+StreamKey = tuple[str, int, str, int]
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(slots=True)
+class StreamRoute:
+    """One RTP direction of one call: the spool its packets go to."""
+
+    key: StreamKey
+    call: SipCall
+    channel: int
+    """0 = sent by the caller, 1 = sent by the callee."""
+    spool: StreamSpool
+    inferred: bool = False
+    last: float = 0.0
+    packets: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RenderJob:
+    """What the renderer needs: spools per output channel and the time span."""
+
+    channels: tuple[tuple[SpoolInfo, ...], tuple[SpoolInfo, ...]]
+    start: float
+    end: float
+    out_path: str
+
+
+@dataclass(slots=True)
+class FinishedCall:
+    """A call ready to become a vCon (picklable: it may go to a worker process)."""
+
+    key: str
+    leg: str
+    events: list[ev.ConversationEvent]
+    render: RenderJob | None
+    partial: bool
+    reason: str
+    ended_at: float
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class EngineOptions:
+    calls: CallOptions = field(default_factory=CallOptions)
+    max_calls: int = 100_000
+    max_streams: int = 200_000
+    infer_media: bool = True
+    """Match RTP whose addresses differ from the SDP (NAT) by one end or by the SIP peer address."""
+    sip_ports_only: tuple[int, ...] = ()
+    """If set, only these UDP ports are parsed as SIP (otherwise any datagram that looks like SIP)."""
+
+
+class CaptureEngine:
+    """Datagrams in, :class:`FinishedCall` records out (via :meth:`drain`)."""
+
+    def __init__(self, work_dir: Path, options: EngineOptions | None = None) -> None:
+        self.work_dir = work_dir
+        self.options = options or EngineOptions()
+        self.tracker = CallTracker(self.options.calls, max_calls=self.options.max_calls)
+        self.routes: dict[StreamKey, StreamRoute] = {}
+        self.call_routes: dict[str, list[StreamRoute]] = {}
+        self.endpoints: dict[tuple[str, int], list[tuple[SipCall, str]]] = {}
+        self.unmatched: dict[StreamKey, int] = {}
+        self.finished: list[FinishedCall] = []
+        self.counters: Counter[str] = Counter()
+        self._next_deadline: float | None = None
+        self.now = 0.0
+
+    # -- input ---------------------------------------------------------------------------------
+
+    def handle_datagram(self, dg: Datagram) -> None:
+        """Feed one datagram. The RTP fast path is one dict lookup and one spool append."""
+        route = self.routes.get((dg.src, dg.sport, dg.dst, dg.dport))
+        now = dg.ts
+        if route is not None:
+            route.spool.add(now, dg.payload)
+            route.last = now
+            route.packets += 1
+        else:
+            self._handle_other(dg)
+        self.now = now
+        nd = self._next_deadline
+        if nd is not None and now >= nd:
+            self._run_timers(now)
+
+    def handle_sip_bytes(self, data: bytes, src: tuple[str, int], dst: tuple[str, int], now: float) -> None:
+        """SIP from a stream transport (TCP/WebSocket reassembly) or a datagram."""
+        try:
+            messages = parse_datagram(data)
+        except SipParseError as exc:
+            self.counters[f"sip-malformed:{exc.reason.name.lower()}"] += 1
+            return
+        for msg in messages:
+            self._apply(self.tracker.handle_message(msg, src, dst, now))
+        self._next_deadline = self.tracker.next_deadline()
+
+    def handle_sip_message(self, msg: SipMessage, src: tuple[str, int], dst: tuple[str, int], now: float) -> None:
+        """One SIP message already framed by a stream transport."""
+        self.counters["sip-stream-messages"] += 1
+        self._apply(self.tracker.handle_message(msg, src, dst, now))
+        self._next_deadline = self.tracker.next_deadline()
+
+    def advance(self, now: float) -> None:
+        """Move time forward without a packet (live capture idle ticks)."""
+        self.now = max(self.now, now)
+        if self._next_deadline is not None and now >= self._next_deadline:
+            self._run_timers(now)
+
+    def next_deadline(self) -> float | None:
+        return self._next_deadline
+
+    def finish_all(self, reason: str = "end-of-capture") -> None:
+        """End every open call (end of file, shutdown)."""
+        self._apply(self.tracker.finish_all(self.now, reason=reason))
+        self._next_deadline = None
+
+    def drain(self) -> list[FinishedCall]:
+        """Calls finished since the last drain."""
+        out, self.finished = self.finished, []
+        return out
+
+    @property
+    def active_calls(self) -> int:
+        return len(self.tracker.calls)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _handle_other(self, dg: Datagram) -> None:
+        payload = dg.payload
+        sip_ports = self.options.sip_ports_only
+        if looks_like_sip(payload) and (not sip_ports or dg.sport in sip_ports or dg.dport in sip_ports):
+            self.counters["sip-datagrams"] += 1
+            self.handle_sip_bytes(payload, (dg.src, dg.sport), (dg.dst, dg.dport), dg.ts)
+            return
+        if self.options.infer_media and len(payload) >= 12 and (payload[0] & 0xC0) == 0x80:
+            if self._infer_route(dg):
+                return
+        self.counters["unmatched-datagrams"] += 1
+
+    def _infer_route(self, dg: Datagram) -> bool:
+        """Match RTP whose 4-tuple is not the SDP's: one end advertised, or the NAT fallback."""
+        key = (dg.src, dg.sport, dg.dst, dg.dport)
+        if key in self.unmatched:
+            self.unmatched[key] += 1
+            return False
+        candidates: dict[int, tuple[SipCall, int]] = {}
+        # The destination is an endpoint some side advertised: that side receives, the other sends.
+        for call, side in self.endpoints.get((dg.dst, dg.dport), ()):
+            candidates[id(call)] = (call, 1 if side == CALLER else 0)
+        # Symmetric RTP: a side sends from the port it advertised.
+        for call, side in self.endpoints.get((dg.src, dg.sport), ()):
+            candidates.setdefault(id(call), (call, 0 if side == CALLER else 1))
+        if len(candidates) > 1:
+            # Several calls share that endpoint: keep those whose *other* end fits too.
+            narrowed = {
+                k: v for k, v in candidates.items() if _other_end_fits(v[0], v[1], dg)
+            }
+            candidates = narrowed
+        if len(candidates) != 1:
+            if len(self.unmatched) < 65536:
+                self.unmatched[key] = 1
+            if len(candidates) > 1:
+                self.counters["ambiguous-rtp"] += 1
+            return False
+        call, channel = next(iter(candidates.values()))
+        if call.state is CallState.DONE:
+            return False
+        route = self._add_route(key, call, channel, inferred=True)
+        if route is None:
+            return False
+        route.spool.add(dg.ts, dg.payload)
+        route.last = dg.ts
+        route.packets += 1
+        self.counters["inferred-streams"] += 1
+        return True
+
+    def _run_timers(self, now: float) -> None:
+        for call in list(self.tracker.calls.values()):
+            if call.deadline is not None and call.deadline <= now and call.state is CallState.CONFIRMED:
+                last = max((r.last for r in self.call_routes.get(call.call_id, ())), default=0.0)
+                if last > call.last_activity:
+                    self.tracker.touch_media(call, last)
+        self._apply(self.tracker.handle_timer(now))
+        self._next_deadline = self.tracker.next_deadline()
+
+    def _apply(self, outputs: list[CallOutput]) -> None:
+        for out in outputs:
+            if isinstance(out, MediaUpdated):
+                self._register_media(out.call, out.endpoint)
+            elif isinstance(out, CallDone):
+                self._finish_call(out)
+
+    def _register_media(self, call: SipCall, endpoint: MediaEndpoint) -> None:
+        if endpoint.port:
+            lst = self.endpoints.setdefault((endpoint.address, endpoint.port), [])
+            lst[:] = [(c, s) for c, s in lst if c.state is not CallState.DONE and not (c is call and s == endpoint.side)]
+            lst.append((call, endpoint.side))
+            # NAT fallback: the SDP port at the address the side signals from.
+            sig = call.caller_signal if endpoint.side == CALLER else call.callee_signal
+            if sig[0] != endpoint.address:
+                alt = self.endpoints.setdefault((sig[0], endpoint.port), [])
+                alt[:] = [(c, s) for c, s in alt if c.state is not CallState.DONE and not (c is call and s == endpoint.side)]
+                alt.append((call, endpoint.side))
+        self.unmatched.clear()
+        caller = call.media.get(CALLER)
+        callee = call.media.get(CALLEE)
+        codecs = self._codec_map(call)
+        for route in self.call_routes.get(call.call_id, ()):
+            route.spool.set_codecs(endpoint.since, codecs)
+        if caller is None or callee is None or not caller.port or not callee.port:
+            return
+        self._add_route((caller.address, caller.port, callee.address, callee.port), call, 0, inferred=False)
+        self._add_route((callee.address, callee.port, caller.address, caller.port), call, 1, inferred=False)
+
+    def _codec_map(self, call: SipCall) -> dict[int, CodecSpec]:
+        codecs: dict[int, CodecSpec] = {}
+        for side in (CALLER, CALLEE):
+            endpoint = call.media.get(side)
+            if endpoint is None:
+                continue
+            for c in endpoint.codecs:
+                codecs.setdefault(c.payload_type, CodecSpec(c.encoding, c.clock_rate, c.channels, c.fmtp))
+        return codecs
+
+    def _add_route(self, key: StreamKey, call: SipCall, channel: int, *, inferred: bool) -> StreamRoute | None:
+        existing = self.routes.get(key)
+        if existing is not None:
+            if existing.call is call:
+                return existing
+            # A newer call took over this 4-tuple (ports reused): the old call keeps what it had.
+            existing.call.anomalies.append("media 4-tuple reused by a later call")
+        if len(self.routes) >= self.options.max_streams:
+            self.counters["streams-capped"] += 1
+            return None
+        n = len(self.call_routes.get(call.call_id, ()))
+        stream_id = f"{_UNSAFE.sub('_', call.call_id)[:80]}-{channel}-{n}"
+        spool = StreamSpool(self.work_dir, stream_id)
+        spool.set_codecs(call.started_at, self._codec_map(call))
+        endpoint = call.media.get(CALLER if channel == 0 else CALLEE)
+        if any(e.encrypted for e in call.media.values()) or (endpoint is not None and endpoint.encrypted):
+            spool.encrypted = True
+        route = StreamRoute(key=key, call=call, channel=channel, spool=spool, inferred=inferred)
+        self.routes[key] = route
+        self.call_routes.setdefault(call.call_id, []).append(route)
+        self.counters["streams"] += 1
+        return route
+
+    def _finish_call(self, done: CallDone) -> None:
+        call = done.call
+        routes = self.call_routes.pop(call.call_id, [])
+        for route in routes:
+            if self.routes.get(route.key) is route:
+                del self.routes[route.key]
+        for endpoint_key in {(e.address, e.port) for e in call.media_history}:
+            lst = self.endpoints.get(endpoint_key)
+            if lst is not None:
+                lst[:] = [(c, s) for c, s in lst if c is not call]
+                if not lst:
+                    del self.endpoints[endpoint_key]
+        events = list(call.events)
+        events.append(sip_trace_attachment(call, end=call.ended_at or self.now))
+        notes: dict[str, Any] = {}
+        if any(r.inferred for r in routes):
+            notes["media_match"] = "inferred"
+            events.append(
+                ev.Annotated(key=call.key, at=call.ended_at or self.now, name="media_match", value="inferred",
+                             leg=call.call_id)
+            )
+        render: RenderJob | None = None
+        infos = [(r.channel, r.spool.finish()) for r in routes if r.packets > 0]
+        if call.answered and call.answered_at is not None:
+            ch0 = tuple(info for ch, info in infos if ch == 0)
+            ch1 = tuple(info for ch, info in infos if ch == 1)
+            out = self.work_dir / f"{_UNSAFE.sub('_', call.call_id)[:80]}.wav"
+            render = RenderJob((ch0, ch1), call.answered_at, call.ended_at or self.now, str(out))
+        self.finished.append(
+            FinishedCall(
+                key=call.key,
+                leg=call.call_id,
+                events=events,
+                render=render,
+                partial=done.partial,
+                reason=done.reason,
+                ended_at=call.ended_at or self.now,
+                notes=notes,
+            )
+        )
+
+
+def _other_end_fits(call: SipCall, channel: int, dg: Datagram) -> bool:
+    """For an inferred stream: does the source address belong to the sending side (SDP or SIP)?"""
+    sender = CALLER if channel == 0 else CALLEE
+    ips = {call.caller_signal[0] if sender == CALLER else call.callee_signal[0]}
+    endpoint = call.media.get(sender)
+    if endpoint is not None:
+        ips.add(endpoint.address)
+    return dg.src in ips

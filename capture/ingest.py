@@ -1,0 +1,210 @@
+"""The ``ingest`` shell: capture files in, one vCon per call out.
+
+Reads each file streaming (:mod:`capture.pcapio`), decodes frames (:mod:`capture.netlayers`), feeds
+the engine, and turns finished calls into vCons — inline for small jobs, in a worker process beside
+the packet loop for large ones (decoding and encoding audio is the heavy part). Bad packets are
+counted and skipped; a file that is not a capture raises :class:`~capture.pcapio.CaptureError`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+
+from capture.complete import complete_call
+from capture.engine import CaptureEngine, EngineOptions, FinishedCall
+from capture.netlayers import PacketDecoder
+from capture.pcapio import CaptureError, open_capture
+from capture.tcp import TcpSipReassembler
+from conversation.assembler import AssemblyOptions
+
+log = structlog.get_logger("vcon_capture.ingest")
+
+VconHandler = Callable[[dict[str, Any]], None]
+
+
+@dataclass(slots=True)
+class FileSummary:
+    path: str
+    calls: int = 0
+    vcons: int = 0
+    packets: int = 0
+    skipped: int = 0
+    skipped_by_reason: Counter[str] = field(default_factory=Counter)
+    truncated_at: int | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        text = (
+            f"{self.path}: {self.calls} calls, {self.vcons} vCons written, "
+            f"{self.packets} packets read, {self.skipped} packets skipped"
+        )
+        if self.truncated_at is not None:
+            text += f" (truncated at byte {self.truncated_at})"
+        return text
+
+
+@dataclass(slots=True)
+class IngestOptions:
+    engine: EngineOptions = field(default_factory=EngineOptions)
+    assembly: AssemblyOptions = field(default_factory=AssemblyOptions)
+    workers: int | None = None
+    """Worker processes for audio; None = decide by file size (0 = inline)."""
+    progress: bool | None = None
+    """Progress bar on stderr; None = when stderr is a terminal and the file is large."""
+    work_dir: Path | None = None
+
+
+class _Completer:
+    """Runs :func:`complete_call` inline or in a process pool, in submission order."""
+
+    def __init__(self, workers: int, options: AssemblyOptions, handler: VconHandler) -> None:
+        self.options = options
+        self.handler = handler
+        self.pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self.pending: list[concurrent.futures.Future[dict[str, Any]]] = []
+        if workers > 0:
+            self.pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=workers, mp_context=multiprocessing.get_context("forkserver")
+            )
+        self.done = 0
+
+    def submit(self, job: FinishedCall) -> None:
+        if self.pool is None:
+            self.handler(complete_call(job, self.options, time.time()))
+            self.done += 1
+            return
+        self.pending.append(self.pool.submit(complete_call, job, self.options, time.time()))
+        if len(self.pending) > 64:
+            self._collect(block_until=32)
+
+    def _collect(self, block_until: int) -> None:
+        while len(self.pending) > block_until:
+            fut = self.pending.pop(0)
+            self.handler(fut.result())
+            self.done += 1
+
+    def close(self) -> None:
+        self._collect(0)
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+def ingest_file(
+    path: Path,
+    handler: VconHandler,
+    options: IngestOptions | None = None,
+    *,
+    stderr: TextIO | None = None,
+) -> FileSummary:
+    """Ingest one capture; ``handler`` gets each vCon dict. Raises CaptureError for a non-capture."""
+    opts = options or IngestOptions()
+    summary = FileSummary(path=str(path))
+    started = time.monotonic()
+    reader = open_capture(path)
+    size = reader.size or 0
+    workers = opts.workers if opts.workers is not None else (1 if size > 32 * 1024 * 1024 else 0)
+    show_progress = opts.progress if opts.progress is not None else (
+        stderr is not None and stderr.isatty() and size > 16 * 1024 * 1024
+    )
+    work_root = Path(tempfile.mkdtemp(prefix="vcon-capture-", dir=opts.work_dir))
+    engine = CaptureEngine(work_root, opts.engine)
+    decoder = PacketDecoder()
+    tcp = TcpSipReassembler(engine)
+    completer = _Completer(workers, opts.assembly, handler)
+    handle_datagram = engine.handle_datagram
+    decode = decoder.decode
+    packets = 0
+    next_report = 0
+    try:
+        with reader:
+            try:
+                for ts, linktype, frame in reader:
+                    packets += 1
+                    dg = decode(ts, linktype, frame)
+                    if dg is None:
+                        continue
+                    if dg.proto == 17:
+                        handle_datagram(dg)
+                    elif dg.proto == 6:
+                        tcp.handle(dg)
+                    else:
+                        engine.advance(dg.ts)
+                    if packets >= next_report:
+                        next_report = packets + 4096
+                        for job in engine.drain():
+                            summary.calls += 1
+                            completer.submit(job)
+                        if show_progress and stderr is not None and size:
+                            _progress(stderr, path, reader.bytes_read, size)
+            except CaptureError as exc:
+                summary.error = str(exc)
+                log.warning("capture.corrupt", file=str(path), offset=exc.offset, reason=exc.reason.name)
+            summary.truncated_at = reader.truncated_at
+            if reader.truncated_at is not None:
+                log.warning("capture.truncated", file=str(path), offset=reader.truncated_at)
+        engine.finish_all()
+        for job in engine.drain():
+            summary.calls += 1
+            completer.submit(job)
+        completer.close()
+    finally:
+        if completer.pool is not None:
+            completer.pool.shutdown(cancel_futures=True)
+        shutil.rmtree(work_root, ignore_errors=True)
+        if show_progress and stderr is not None:
+            stderr.write("\r\x1b[K")
+    summary.vcons = completer.done
+    summary.packets = packets
+    reasons: Counter[str] = Counter(decoder.skipped)
+    for name, value in engine.counters.items():
+        if name.startswith("sip-malformed") or name == "unmatched-datagrams":
+            reasons[name] += value
+    reasons.update(tcp.counters)
+    summary.skipped_by_reason = reasons
+    summary.skipped = sum(v for k, v in reasons.items() if k != "unmatched-datagrams")
+    summary.seconds = time.monotonic() - started
+    log.info(
+        "ingest.file",
+        file=str(path),
+        calls=summary.calls,
+        vcons=summary.vcons,
+        packets=packets,
+        skipped=summary.skipped,
+        seconds=round(summary.seconds, 3),
+        **{f"skipped_{k.replace('-', '_').replace(':', '_')}": v for k, v in reasons.items()},
+    )
+    return summary
+
+
+def _progress(stream: TextIO, path: Path, done: int, total: int) -> None:
+    width = 30
+    frac = min(done / total, 1.0)
+    bar = "#" * int(frac * width)
+    stream.write(f"\r{path.name} [{bar:<{width}}] {frac * 100:5.1f}%")
+    stream.flush()
+
+
+def ingest_files(
+    paths: Iterable[Path], handler: VconHandler, options: IngestOptions | None = None
+) -> list[FileSummary]:
+    """Ingest several files; a non-capture file gives a summary with ``error`` and no vCons."""
+    out = []
+    for path in paths:
+        try:
+            out.append(ingest_file(path, handler, options, stderr=sys.stderr))
+        except (CaptureError, OSError) as exc:
+            out.append(FileSummary(path=str(path), error=str(exc)))
+    return out

@@ -1,0 +1,58 @@
+"""Small vCon helpers: version 8 UUIDs, unpadded base64url, RFC 3339 times, content hashes."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import uuid as uuidlib
+from datetime import datetime, timezone
+from pathlib import Path
+
+VCON_VERSION = "0.4.0"
+
+
+def domain_bits(domain: str) -> int:
+    """The 62 custom bits taken from SHA-1 of the domain name (as the vCon reference library does)."""
+    digest = hashlib.sha1(domain.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") & ((1 << 62) - 1)
+
+
+def uuid8(domain: str, *, at: float, discriminator: str) -> str:
+    """A version 8 UUID (RFC 9562 §5.8) for a vCon.
+
+    Layout: 48 bits of Unix milliseconds (``at``), version 8, 12 bits from SHA-1 of
+    ``discriminator`` (the conversation key, so re-ingesting the same capture gives the same uuid),
+    the variant, then 62 bits from SHA-1 of ``domain``.
+    """
+    ms = int(at * 1000) & ((1 << 48) - 1)
+    sub = int.from_bytes(hashlib.sha1(discriminator.encode("utf-8")).digest()[:2], "big") & 0xFFF
+    value = (ms << 80) | (0x8 << 76) | (sub << 64) | (0b10 << 62) | domain_bits(domain)
+    return str(uuidlib.UUID(int=value))
+
+
+def b64url(data: bytes) -> str:
+    """Unpadded base64url, as the vCon ``base64url`` encoding requires."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def rfc3339(at: float) -> str:
+    """UTC RFC 3339 time with milliseconds: ``2026-11-25T15:33:39.123Z``."""
+    dt = datetime.fromtimestamp(at, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def content_hash_bytes(data: bytes) -> str:
+    """``sha512-`` + unpadded base64url of the SHA-512 digest."""
+    return "sha512-" + b64url(hashlib.sha512(data).digest())
+
+
+def content_hash_file(path: Path | str) -> str:
+    h = hashlib.sha512()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return "sha512-" + b64url(h.digest())
