@@ -33,6 +33,9 @@ log = structlog.get_logger("vcon_capture.ingest")
 
 VconHandler = Callable[[dict[str, Any]], None]
 
+IGNORED_REASONS = frozenset({"not-ip", "not-transport", "tcp-not-sip", "unmatched-datagrams", "tcp-retransmitted"})
+"""Frames that are fine but not ours (ARP, ICMP, other applications): counted, not "skipped"."""
+
 
 @dataclass(slots=True)
 class FileSummary:
@@ -174,7 +177,7 @@ def ingest_file(
             reasons[name] += value
     reasons.update(tcp.counters)
     summary.skipped_by_reason = reasons
-    summary.skipped = sum(v for k, v in reasons.items() if k != "unmatched-datagrams")
+    summary.skipped = sum(v for k, v in reasons.items() if k not in IGNORED_REASONS)
     summary.seconds = time.monotonic() - started
     log.info(
         "ingest.file",

@@ -200,7 +200,7 @@ def _leg_dialogs(
 
     members: list[int] = []
     for rec in leg.recordings:
-        d = {"type": "recording", "start": rfc3339(rec.start), "duration": round(rec.duration, 3)}
+        d = {"type": "recording", "start": rfc3339(rec.start), "duration": round(rec.duration, 6)}
         d.update(base)
         d["parties"] = [idx.parties.get(p) if p is not None else None for p in rec.channels]
         if len(rec.channels) == 1:
