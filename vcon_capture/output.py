@@ -44,9 +44,7 @@ class IngestOutput:
     def finish(self, *, wait: float) -> str | None:
         if self.outbox is None:
             return None
-        import time
-
-        result = asyncio.run(self.outbox.deliver(until_empty=True, deadline=time.monotonic() + wait))
+        result = asyncio.run(self.outbox.deliver(until_empty=True, deadline=self.outbox.deadline_in(wait)))
         pending = getattr(result, "pending", 0)
         dead = getattr(result, "dead", 0)
         delivered = getattr(result, "delivered", 0)

@@ -106,7 +106,7 @@ class SippError(RuntimeError):
 def tcpdump_capture(path: Path, *, filter_expr: str = "udp or tcp") -> Iterator[None]:
     """Capture loopback into ``path`` while the body runs."""
     proc = subprocess.Popen(
-        ["tcpdump", "-i", "lo", "-U", "-s", "0", "-n", "-w", str(path), filter_expr],
+        ["tcpdump", "-i", "lo", "-U", "--immediate-mode", "-s", "0", "-n", "-w", str(path), filter_expr],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

@@ -1,0 +1,110 @@
+"""The ``ingest`` command's contract: summary lines, exit codes, bad input (issue 2)."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+from tests.vcon_checks import load_vcons, validate_vcon
+
+SAMPLE = REPO_ROOT / "pcaps" / "sipp-calls.pcap"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vcon_capture.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_sample_gives_three_valid_vcons(tmp_path: Path) -> None:
+    proc = run_cli("ingest", str(SAMPLE), "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"{SAMPLE}: 3 calls, 3 vCons written, 612 packets read, 0 packets skipped"
+    vcons = load_vcons(tmp_path)
+    assert sorted(v["dialog"][0]["type"] for v in vcons) == ["incomplete", "incomplete", "recording"]
+    assert sorted(v["dialog"][0].get("disposition", "") for v in vcons) == ["", "busy", "hung-up"]
+    for v in vcons:
+        validate_vcon(v)
+
+
+def test_not_a_capture_is_one_line_error_and_exit_2(tmp_path: Path) -> None:
+    bogus = tmp_path / "notes.txt"
+    bogus.write_text("this is not a capture\n")
+    proc = run_cli("ingest", str(bogus), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and str(bogus) in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_file_is_exit_2(tmp_path: Path) -> None:
+    proc = run_cli("ingest", str(tmp_path / "nope.pcap"), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert "nope.pcap" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_other_files_still_processed_after_a_bad_one(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.pcap"
+    bogus.write_bytes(b"\x00" * 100)
+    out = tmp_path / "out"
+    proc = run_cli("ingest", str(bogus), str(SAMPLE), "--out", str(out))
+    assert proc.returncode == 2
+    assert len(load_vcons(out)) == 3
+
+
+def test_truncated_capture_keeps_complete_calls_and_warns_with_offset(tmp_path: Path) -> None:
+    data = SAMPLE.read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(data[: len(data) - 37])  # the last record is torn
+    out = tmp_path / "out"
+    proc = run_cli("ingest", str(cut), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "truncated at byte" in proc.stdout
+    assert "warning" in proc.stderr and "truncated at byte" in proc.stderr
+    offset = int(proc.stderr.split("truncated at byte ")[1].split(";")[0])
+    assert 0 < offset < len(data)
+    assert len(load_vcons(out)) == 3
+
+
+def test_corrupt_record_in_the_middle_names_the_offset(tmp_path: Path) -> None:
+    data = bytearray(SAMPLE.read_bytes())
+    # Make the caplen of the 301st record absurd: walk the records to find its header.
+    pos, n = 24, 0
+    while n < 300:
+        caplen = int.from_bytes(data[pos + 8 : pos + 12], "little")
+        pos += 16 + caplen
+        n += 1
+    data[pos + 8 : pos + 12] = (10_000_000).to_bytes(4, "little")
+    bad = tmp_path / "corrupt.pcap"
+    bad.write_bytes(bytes(data))
+    proc = run_cli("ingest", str(bad), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert str(pos) in proc.stderr
+
+
+def test_gzip_capture(tmp_path: Path) -> None:
+    gz = tmp_path / "calls.pcap.gz"
+    gz.write_bytes(gzip.compress(SAMPLE.read_bytes()))
+    proc = run_cli("ingest", str(gz), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    assert len(load_vcons(tmp_path / "out")) == 3
+
+
+def test_needs_an_output(tmp_path: Path) -> None:
+    proc = run_cli("ingest", str(SAMPLE))
+    assert proc.returncode == 2
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_worker_processes_give_the_same_vcons(tmp_path: Path, workers: str) -> None:
+    proc = run_cli("ingest", str(SAMPLE), "--out", str(tmp_path), "--workers", workers)
+    assert proc.returncode == 0, proc.stderr
+    vcons = load_vcons(tmp_path)
+    assert len(vcons) == 3
+    rec = [v for v in vcons if v["dialog"][0]["type"] == "recording"][0]
+    assert len(rec["dialog"][0]["body"]) > 100_000
