@@ -90,12 +90,14 @@ def _plain(obj: Any) -> Any:
 def build_conversation(job: FinishedCall) -> Conversation:
     """Render the call's audio (if answered) and fold every event into a Conversation."""
     events = list(job.events)
-    if job.render is not None:
-        r = job.render
+    for r in job.renders:
         result = render_recording(
             [list(r.channels[0]), list(r.channels[1])], start=r.start, end=r.end, out_path=Path(r.out_path)
         )
         events.extend(media_events(job, result))
+        for channel in r.channels:
+            for info in channel:
+                Path(info.path).unlink(missing_ok=True)
     events.append(ev.ConversationEnded(key=job.key, at=job.ended_at, partial=job.partial,
                                        reason=None if not job.partial else job.reason))
     tracker = ConversationTracker()

@@ -74,7 +74,8 @@ class FinishedCall:
     key: str
     leg: str
     events: list[ev.ConversationEvent]
-    render: RenderJob | None
+    renders: list[RenderJob]
+    """One job per recording segment (several for calls cut by ``cut_segments``)."""
     partial: bool
     reason: str
     ended_at: float
@@ -107,6 +108,8 @@ class CaptureEngine:
         self.counters: Counter[str] = Counter()
         self._next_deadline: float | None = None
         self.now = 0.0
+        self.segments: dict[str, list[RenderJob]] = {}
+        self.segment_start: dict[str, float] = {}
 
     # -- input ---------------------------------------------------------------------------------
 
@@ -155,6 +158,42 @@ class CaptureEngine:
         """End every open call (end of file, shutdown)."""
         self._apply(self.tracker.finish_all(self.now, reason=reason))
         self._next_deadline = None
+
+    def cut_segments(self, now: float, seconds: float) -> int:
+        """Close the recording segment of every answered call older than ``seconds``; returns how many.
+
+        The spools of a segment are finished (their render job kept until the call ends) and fresh
+        spools take over, so a call of any length never grows one spool without bound.
+        """
+        cut = 0
+        for call in list(self.tracker.calls.values()):
+            if call.answered_at is None or call.state is not CallState.CONFIRMED:
+                continue
+            start = self.segment_start.get(call.call_id, call.answered_at)
+            if now - start >= seconds:
+                self._cut_segment(call, start, now)
+                cut += 1
+        return cut
+
+    def _cut_segment(self, call: SipCall, start: float, end: float) -> None:
+        routes = self.call_routes.get(call.call_id, [])
+        infos: list[tuple[int, SpoolInfo]] = []
+        codecs = self._codec_map(call)
+        for route in routes:
+            if route.packets:
+                infos.append((route.channel, route.spool.finish()))
+            n = len(self.segments.get(call.call_id, ())) + 1
+            fresh = StreamSpool(self.work_dir, f"{route.spool.stream_id}-s{n}")
+            fresh.set_codecs(start, codecs)
+            fresh.encrypted = route.spool.encrypted
+            route.spool = fresh
+            route.packets = 0
+        out = self.work_dir / f"{_UNSAFE.sub('_', call.call_id)[:80]}-{len(self.segments.get(call.call_id, ()))}.wav"
+        job = RenderJob(
+            (tuple(i for ch, i in infos if ch == 0), tuple(i for ch, i in infos if ch == 1)), start, end, str(out)
+        )
+        self.segments.setdefault(call.call_id, []).append(job)
+        self.segment_start[call.call_id] = end
 
     def drain(self) -> list[FinishedCall]:
         """Calls finished since the last drain."""
@@ -308,19 +347,21 @@ class CaptureEngine:
                 ev.Annotated(key=call.key, at=call.ended_at or self.now, name="media_match", value="inferred",
                              leg=call.call_id)
             )
-        render: RenderJob | None = None
+        renders = self.segments.pop(call.call_id, [])
+        start = self.segment_start.pop(call.call_id, call.answered_at)
         infos = [(r.channel, r.spool.finish()) for r in routes if r.packets > 0]
-        if call.answered and call.answered_at is not None:
+        if call.answered and start is not None:
             ch0 = tuple(info for ch, info in infos if ch == 0)
             ch1 = tuple(info for ch, info in infos if ch == 1)
-            out = self.work_dir / f"{_UNSAFE.sub('_', call.call_id)[:80]}.wav"
-            render = RenderJob((ch0, ch1), call.answered_at, call.ended_at or self.now, str(out))
+            suffix = f"-{len(renders)}" if renders else ""
+            out = self.work_dir / f"{_UNSAFE.sub('_', call.call_id)[:80]}{suffix}.wav"
+            renders.append(RenderJob((ch0, ch1), start, max(call.ended_at or self.now, start), str(out)))
         self.finished.append(
             FinishedCall(
                 key=call.key,
                 leg=call.call_id,
                 events=events,
-                render=render,
+                renders=renders,
                 partial=done.partial,
                 reason=done.reason,
                 ended_at=call.ended_at or self.now,
