@@ -174,6 +174,7 @@ def _leg_dialogs(
 ) -> None:
     base = _base_dialog(conv, leg, idx)
     history = _history(leg, idx)
+    d: dict[str, Any]
     end = leg.ended_at if leg.ended_at is not None else (conv.ended_at or leg.started_at)
 
     if not leg.answered:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid as uuidlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 VCON_VERSION = "0.4.0"
@@ -41,7 +41,7 @@ def b64url_decode(text: str) -> bytes:
 
 def rfc3339(at: float) -> str:
     """UTC RFC 3339 time with milliseconds: ``2026-11-25T15:33:39.123Z``."""
-    dt = datetime.fromtimestamp(at, tz=timezone.utc)
+    dt = datetime.fromtimestamp(at, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 

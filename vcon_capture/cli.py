@@ -71,12 +71,9 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("config", type=Path)
     check.set_defaults(func=cmd_check_config)
 
-    try:
-        from delivery import cli as delivery_cli
-    except ImportError:  # pragma: no cover - the delivery package is part of the install
-        delivery_cli = None
-    if delivery_cli is not None and hasattr(delivery_cli, "register"):
-        delivery_cli.register(sub)
+    from delivery import cli as delivery_cli
+
+    delivery_cli.register(sub)
     return parser
 
 

@@ -206,7 +206,7 @@ def parse_config(data: Any, *, path: Path) -> DaemonConfig:
     http_r = r.sub("http")
     listen = http_r.str_("listen", None)
     if listen is not None:
-        host, sep, port = listen.rpartition(":")
+        _host, sep, port = listen.rpartition(":")
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:
             raise http_r.error("listen", f"expected host:port, got {listen!r}")
     http = HttpConfig(listen=listen, max_body=http_r.int_("max_body", 1024 * 1024, minimum=1024))
@@ -226,12 +226,12 @@ def parse_config(data: Any, *, path: Path) -> DaemonConfig:
             raise s.error("alg", f"expected RS256 or ES256, got {alg!r}")
         s.done()
         signing = SigningConfig(key_file, chain, alg)
-    log_r = r.sub("log")
-    level = log_r.str_("level", "info") or "info"
+    verbosity = r.sub("log")
+    level = verbosity.str_("level", "info") or "info"
     if level.lower() not in ("debug", "info", "warning", "error"):
-        raise log_r.error("level", f"expected debug, info, warning or error, got {level!r}")
-    log = LogConfig(level=level.lower(), file=log_r.path_("file", None))
-    log_r.done()
+        raise verbosity.error("level", f"expected debug, info, warning or error, got {level!r}")
+    log = LogConfig(level=level.lower(), file=verbosity.path_("file", None))
+    verbosity.done()
     grace = r.num("shutdown_grace", 10.0)
     concurrency = r.int_("deliver_concurrency", 4, minimum=1)
     lawful = r.data.pop("lawful_basis", None)

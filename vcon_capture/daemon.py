@@ -123,7 +123,7 @@ class Daemon:
         config = self.config
         loop = asyncio.get_running_loop()
         stop = stop or asyncio.Event()
-        installed: list[int] = []
+        installed: list[signal.Signals] = []
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
@@ -219,7 +219,7 @@ class Daemon:
         outbox_stop.set()
         try:
             await asyncio.wait_for(outbox_task, timeout=5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             outbox_task.cancel()
         left = self.outbox.pending_count()
         log.info("daemon.stopped", vcons_built=self.pipeline.vcons_built, left_in_outbox=left)
@@ -317,6 +317,6 @@ def run_daemon(config_path: Path) -> int:
     configure_daemon_logging(config.log.level, target)
     try:
         return asyncio.run(Daemon(config, target).run())
-    except Exception as exc:  # noqa: BLE001 - the last word goes to the log, then a non-zero exit
+    except Exception as exc:
         log.critical("daemon.crashed", error=repr(exc))
         raise

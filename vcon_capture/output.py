@@ -55,7 +55,7 @@ class IngestOutput:
             text += f", {dead} refused by the upstream (see `vcon-capture outbox status`)"
         return text
 
-    def __enter__(self) -> IngestOutput:
+    def __enter__(self) -> IngestOutput:  # noqa: PYI034
         return self
 
     def __exit__(

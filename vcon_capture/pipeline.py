@@ -77,7 +77,7 @@ class Pipeline:
         """Wait for vCons being built; True when none is left."""
         if not self.tasks:
             return True
-        done, pending = await asyncio.wait(set(self.tasks), timeout=timeout)
+        _done, pending = await asyncio.wait(set(self.tasks), timeout=timeout)
         return not pending
 
     @property

@@ -118,7 +118,7 @@ class WatchFolder:
                 await loop.run_in_executor(None, self.process, path)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=self.interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
 

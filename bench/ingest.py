@@ -1,0 +1,168 @@
+"""Benchmark: `vcon-capture ingest` against `tshark -q -z rtp,streams` on the same capture.
+
+    python bench/ingest.py                     # 1,000 sipp calls (~9 s each, two-way G.711)
+    python bench/ingest.py --calls 300 --runs 3
+    python bench/ingest.py --capture FILE      # time an existing capture
+    python bench/ingest.py --long-call 7200    # one synthetic 2-hour call: peak RSS must stay flat
+
+Makes the capture with sipp on loopback (tcpdump; needs root) unless --capture is given, then runs
+each tool `--runs` times and reports the best time, the ratio tshark time / our time, packets per
+second and our peak RSS (the largest of our process and its worker, from wait4 rusage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def make_sipp_capture(path: Path, calls: int, rate: float, concurrent: int) -> None:
+    from tests.integration.sipp_harness import SippRun, capture_calls
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = SippRun("uac_pcap", "uas_audio.xml", calls=calls, concurrent=concurrent, rate=rate)
+        capture_calls([run], path, Path(tmp))
+
+
+def make_long_call(path: Path, seconds: int) -> None:
+    """One synthetic call of ``seconds`` with two-way PCMU at 20 ms (SIP + RTP on Ethernet/IPv4/UDP)."""
+    from capture.pcapio import PcapWriter
+
+    def frame(src: tuple[bytes, int], dst: tuple[bytes, int], payload: bytes) -> bytes:
+        udp = struct.pack("!HHHH", src[1], dst[1], 8 + len(payload), 0) + payload
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, src[0], dst[0]) + udp
+        return b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02\x08\x00" + ip
+
+    a, b = (bytes([10, 0, 0, 1]), 5060), (bytes([10, 0, 0, 2]), 5060)
+    ma, mb = (a[0], 40000), (b[0], 50000)
+
+    def sip(start: str, cseq: str, to_tag: str = "", body: str = "") -> bytes:
+        head = (f"{start}\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK{cseq.split()[0]}{to_tag}\r\n"
+                f"From: <sip:+15550001111@10.0.0.1>;tag=a1\r\nTo: <sip:+15550002222@10.0.0.2>{to_tag}\r\n"
+                f"Call-ID: long-call-1\r\nCSeq: {cseq}\r\n")
+        if body:
+            head += "Content-Type: application/sdp\r\n"
+        return (head + f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
+
+    def sdp(ip: str, port: int) -> str:
+        return f"v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\n"
+
+    t0 = 1_700_000_000.0
+    payload = bytes(range(256))[:160]
+    with open(path, "wb") as fh:
+        w = PcapWriter(fh)
+        w.write(t0, frame(a, b, sip("INVITE sip:+15550002222@10.0.0.2 SIP/2.0", "1 INVITE", body=sdp("10.0.0.1", 40000))))
+        w.write(t0 + 0.5, frame(b, a, sip("SIP/2.0 200 OK", "1 INVITE", ";tag=b1", sdp("10.0.0.2", 50000))))
+        w.write(t0 + 0.51, frame(a, b, sip("ACK sip:+15550002222@10.0.0.2 SIP/2.0", "1 ACK", ";tag=b1")))
+        n = int(seconds / 0.02)
+        for i in range(n):
+            t = t0 + 0.52 + i * 0.02
+            for k, (src, dst) in enumerate(((ma, mb), (mb, ma))):
+                rtp = struct.pack("!BBHII", 0x80, 0, i & 0xFFFF, (i * 160) & 0xFFFFFFFF, 0x1000 + k) + payload
+                w.write(t + k * 0.001, frame(src, dst, rtp))
+        end = t0 + 0.52 + n * 0.02 + 0.1
+        w.write(end, frame(a, b, sip("BYE sip:+15550002222@10.0.0.2 SIP/2.0", "2 BYE", ";tag=b1")))
+        w.write(end + 0.01, frame(b, a, sip("SIP/2.0 200 OK", "2 BYE", ";tag=b1")))
+
+
+def count_packets(path: Path) -> int:
+    from capture.pcapio import open_capture
+
+    with open_capture(path) as reader:
+        return sum(1 for _ in reader)
+
+
+def timed(cmd: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KiB) of the largest process in the command's tree."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{cmd[0]} failed: {err[-2000:]}")
+    return elapsed, int(usage.ru_maxrss)
+
+
+def ours(capture: Path, workers: str | None) -> tuple[float, int]:
+    out = Path(tempfile.mkdtemp(prefix="bench-vcons-"))
+    try:
+        cmd = [sys.executable, "-m", "vcon_capture.cli", "ingest", str(capture), "--out", str(out), "--no-progress"]
+        if workers is not None:
+            cmd += ["--workers", workers]
+        # The worker's RSS is reported through the ingest process's children usage: take the larger.
+        wrapper = [sys.executable, str(Path(__file__).resolve().parent / "rss.py"), *cmd]
+        elapsed, rss = timed(wrapper)
+        vcons = len(list(out.glob("*.vcon.json")))
+        print(f"  ours: {elapsed:.2f} s, {vcons} vCons, peak RSS {rss / 1024:.0f} MiB", flush=True)
+        return elapsed, rss
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def theirs(capture: Path) -> float:
+    elapsed, _ = timed(["tshark", "-n", "-r", str(capture), "-q", "-z", "rtp,streams"])
+    print(f"  tshark: {elapsed:.2f} s", flush=True)
+    return elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--capture", type=Path)
+    ap.add_argument("--calls", type=int, default=1000)
+    ap.add_argument("--rate", type=float, default=25.0, help="sipp calls per second")
+    ap.add_argument("--concurrent", type=int, default=300)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--workers", default=None, help="passed to ingest --workers")
+    ap.add_argument("--long-call", type=int, default=0, metavar="SECONDS",
+                    help="benchmark one synthetic call of this length instead")
+    ap.add_argument("--keep", type=Path, help="keep the generated capture here")
+    ap.add_argument("--no-tshark", action="store_true")
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
+    try:
+        if args.capture is not None:
+            capture = args.capture
+        elif args.long_call:
+            capture = args.keep or tmp / f"long-{args.long_call}s.pcap"
+            if not capture.exists():
+                make_long_call(capture, args.long_call)
+        else:
+            capture = args.keep or tmp / f"sipp-{args.calls}.pcap"
+            if not capture.exists():
+                print(f"making {args.calls} calls with sipp ...", flush=True)
+                make_sipp_capture(capture, args.calls, args.rate, args.concurrent)
+        packets = count_packets(capture)
+        size = capture.stat().st_size
+        print(f"capture {capture}: {packets} packets, {size / 1e6:.0f} MB", flush=True)
+        our_times, rss = [], []
+        tshark_times = []
+        for _ in range(args.runs):
+            if not args.no_tshark:
+                tshark_times.append(theirs(capture))
+            t, r = ours(capture, args.workers)
+            our_times.append(t)
+            rss.append(r)
+        best = min(our_times)
+        print(f"packets/s (ours, best of {args.runs}): {packets / best:,.0f}")
+        print(f"peak RSS (ours): {max(rss) / 1024:.0f} MiB")
+        if tshark_times:
+            print(f"tshark best {min(tshark_times):.2f} s, ours best {best:.2f} s, "
+                  f"ratio tshark/ours = {min(tshark_times) / best:.2f}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
