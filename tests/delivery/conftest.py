@@ -84,9 +84,19 @@ class FakeConserver:
         app.router.add_put("/media/{name}", self._put_media)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
         self.port = self._runner.addresses[0][1]
+
+    def pause(self) -> None:
+        """Take the server down (connections refused) while keeping what it accepted."""
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+            self._runner = None
+
+    def resume(self) -> None:
+        """Bring the server back on the same port."""
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
 
     async def _put_media(self, request: web.Request) -> web.Response:
         self.media[request.match_info["name"]] = await request.read()
