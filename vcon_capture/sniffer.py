@@ -131,8 +131,12 @@ class Sniffer:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop reading, end open calls as partial (they reach ``on_call``), join the threads."""
         self.stop_event.set()
+        deadline = time.monotonic() + timeout
         for t in self.threads:
-            t.join(timeout)
+            t.join(max(deadline - time.monotonic(), 0.1))
+        if any(t.is_alive() for t in self.threads):
+            log.warning("sniffer.stop_timeout", alive=[t.name for t in self.threads if t.is_alive()])
+            return  # a reader may still be inside its ring: leave the rings to process exit
         for source in self.sources:
             source.close()  # type: ignore[attr-defined]
 
