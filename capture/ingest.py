@@ -9,6 +9,7 @@ counted and skipped; a file that is not a capture raises :class:`~capture.pcapio
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import multiprocessing
 import shutil
 import sys
@@ -68,16 +69,35 @@ class IngestOptions:
     progress: bool | None = None
     """Progress bar on stderr; None = when stderr is a terminal and the file is large."""
     work_dir: Path | None = None
+    write_dir: Path | None = None
+    """Write each vCon as ``<uuid>.vcon.json`` here from the worker (JSON and fsync off the packet
+    loop); the handler is then not called. None = hand every vCon dict to the handler."""
+
+
+def complete_job(
+    job: FinishedCall, options: AssemblyOptions, now: float, write_dir: Path | None
+) -> dict[str, Any] | str:
+    """Build the vCon; with ``write_dir`` write it there (atomically) and return only its uuid."""
+    vcon = complete_call(job, options, now)
+    if write_dir is None:
+        return vcon
+    from delivery.sinks import DirectorySink
+
+    body = json.dumps(vcon, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    DirectorySink(write_dir).write_sync(vcon["uuid"], body)
+    return str(vcon["uuid"])
 
 
 class _Completer:
-    """Runs :func:`complete_call` inline or in a process pool, in submission order."""
+    """Runs :func:`complete_job` inline or in a process pool, in submission order."""
 
-    def __init__(self, workers: int, options: AssemblyOptions, handler: VconHandler) -> None:
+    def __init__(self, workers: int, options: AssemblyOptions, handler: VconHandler,
+                 write_dir: Path | None = None) -> None:
         self.options = options
         self.handler = handler
+        self.write_dir = write_dir
         self.pool: concurrent.futures.ProcessPoolExecutor | None = None
-        self.pending: list[concurrent.futures.Future[dict[str, Any]]] = []
+        self.pending: list[concurrent.futures.Future[dict[str, Any] | str]] = []
         if workers > 0:
             self.pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=workers, mp_context=multiprocessing.get_context("forkserver")
@@ -86,18 +106,20 @@ class _Completer:
 
     def submit(self, job: FinishedCall) -> None:
         if self.pool is None:
-            self.handler(complete_call(job, self.options, time.time()))
-            self.done += 1
+            self._deliver(complete_job(job, self.options, time.time(), self.write_dir))
             return
-        self.pending.append(self.pool.submit(complete_call, job, self.options, time.time()))
+        self.pending.append(self.pool.submit(complete_job, job, self.options, time.time(), self.write_dir))
         if len(self.pending) > 64:
             self._collect(block_until=32)
 
+    def _deliver(self, result: dict[str, Any] | str) -> None:
+        if not isinstance(result, str):
+            self.handler(result)
+        self.done += 1
+
     def _collect(self, block_until: int) -> None:
         while len(self.pending) > block_until:
-            fut = self.pending.pop(0)
-            self.handler(fut.result())
-            self.done += 1
+            self._deliver(self.pending.pop(0).result())
 
     def close(self) -> None:
         self._collect(0)
@@ -126,7 +148,7 @@ def ingest_file(
     engine = CaptureEngine(work_root, opts.engine)
     decoder = PacketDecoder()
     tcp = TcpSipReassembler(engine)
-    completer = _Completer(workers, opts.assembly, handler)
+    completer = _Completer(workers, opts.assembly, handler, opts.write_dir)
     handle_datagram = engine.handle_datagram
     decode = decoder.decode
     packets = 0

@@ -108,3 +108,40 @@ def test_worker_processes_give_the_same_vcons(tmp_path: Path, workers: str) -> N
     assert len(vcons) == 3
     rec = [v for v in vcons if v["dialog"][0]["type"] == "recording"][0]
     assert len(rec["dialog"][0]["body"]) > 100_000
+
+
+def test_to_directory_goes_through_the_outbox(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    proc = run_cli("ingest", str(SAMPLE), "--to", str(tmp_path / "dir"), "--spool", str(spool))
+    assert proc.returncode == 0, proc.stderr
+    assert "delivered 3" in proc.stdout
+    assert len(load_vcons(tmp_path / "dir")) == 3
+    status = run_cli("outbox", "status", "--spool", str(spool))
+    assert "pending=0" in status.stdout and "delivered=3" in status.stdout
+
+
+def test_upstream_down_leaves_vcons_in_outbox_then_flush_delivers(tmp_path: Path) -> None:
+    from tests.delivery.conftest import TOKEN, FakeConserver
+    from tests.daemon.test_daemon_watch import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api/vcon?ingress_lists=a&ingress_lists=b"
+    spool = tmp_path / "spool"
+    proc = run_cli("ingest", str(SAMPLE), "--to", url, "--token", TOKEN, "--spool", str(spool), "--wait", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "3 left in the outbox" in proc.stdout
+    assert TOKEN not in proc.stdout + proc.stderr
+    server = FakeConserver()
+    server.port = port
+    server.start()
+    try:
+        flushed = subprocess.run(
+            [sys.executable, "-m", "vcon_capture.cli", "outbox", "flush", "--spool", str(spool), "--token", TOKEN],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert flushed.returncode == 0, flushed.stderr
+        assert sorted(server.counts().values()) == [1, 1, 1]
+        assert all(a.query["ingress_lists"] == ["a", "b"] for a in server.accepted)
+        assert all(a.idempotency_key == a.uuid for a in server.accepted)
+    finally:
+        server.stop()

@@ -92,9 +92,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
         media_store = directory_media_store(args.external_media, args.media_base_url)
     assembly = AssemblyOptions(domain=args.domain, inline_media=media_store is None, media_store=media_store)
-    options = IngestOptions(assembly=assembly, workers=args.workers, progress=False if args.no_progress else None)
+    options = IngestOptions(assembly=assembly, workers=args.workers, progress=False if args.no_progress else None,
+                            write_dir=args.out if not args.to else None)
     try:
-        output = build_output(out=args.out, targets=args.to, token=args.token, spool=args.spool)
+        # With only --out the worker writes the files itself; targets go through the outbox here.
+        output = build_output(out=args.out if args.to else None, targets=args.to, token=args.token,
+                              spool=args.spool)
     except ValueError as exc:
         print(f"vcon-capture ingest: {exc}", file=sys.stderr)
         return 2
