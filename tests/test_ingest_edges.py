@@ -1,0 +1,88 @@
+"""Ingest edge cases on synthetic captures: NAT'd media (inferred match), progress bar (issue 2)."""
+
+from __future__ import annotations
+
+import io
+import struct
+from pathlib import Path
+from typing import Any
+
+from capture.ingest import IngestOptions, ingest_file
+from capture.pcapio import PcapWriter
+from tests.vcon_checks import validate_vcon
+
+
+def _frame(src: tuple[str, int], dst: tuple[str, int], payload: bytes) -> bytes:
+    def ip(a: str) -> bytes:
+        return bytes(int(x) for x in a.split("."))
+
+    udp = struct.pack("!HHHH", src[1], dst[1], 8 + len(payload), 0) + payload
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, ip(src[0]), ip(dst[0]))
+    return b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02\x08\x00" + hdr + udp
+
+
+def _sip(start: str, cseq: str, *, to_tag: str = "", body: str = "") -> bytes:
+    text = (f"{start}\r\nVia: SIP/2.0/UDP 203.0.113.9:5060;branch=z9hG4bK{cseq[0]}{to_tag}\r\n"
+            f"From: <sip:+15550001111@example.com>;tag=a1\r\nTo: <sip:+15550002222@example.com>{to_tag}\r\n"
+            f"Call-ID: nat-call\r\nCSeq: {cseq}\r\n")
+    if body:
+        text += "Content-Type: application/sdp\r\n"
+    return (text + f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
+
+
+def _sdp(addr: str, port: int) -> str:
+    return f"v=0\r\no=- 1 1 IN IP4 {addr}\r\ns=-\r\nc=IN IP4 {addr}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\n"
+
+
+def _nat_capture(path: Path, seconds: float = 3.0) -> None:
+    """The caller sits behind NAT: its SDP says 10.0.0.5:4000, its packets come from 203.0.113.9."""
+    caller_sig, callee_sig = ("203.0.113.9", 5060), ("198.51.100.20", 5060)
+    caller_media_seen = ("203.0.113.9", 4000)   # the SDP port at the SIP peer's public address
+    callee_media = ("198.51.100.20", 6000)
+    t0 = 1_700_000_000.0
+    with open(path, "wb") as fh:
+        w = PcapWriter(fh)
+        w.write(t0, _frame(caller_sig, callee_sig, _sip("INVITE sip:x@example.com SIP/2.0", "1 INVITE",
+                                                         body=_sdp("10.0.0.5", 4000))))
+        w.write(t0 + 0.5, _frame(callee_sig, caller_sig, _sip("SIP/2.0 200 OK", "1 INVITE", to_tag=";tag=b1",
+                                                               body=_sdp("198.51.100.20", 6000))))
+        w.write(t0 + 0.51, _frame(caller_sig, callee_sig, _sip("ACK sip:x@example.com SIP/2.0", "1 ACK",
+                                                                to_tag=";tag=b1")))
+        n = int(seconds / 0.02)
+        for i in range(n):
+            t = t0 + 0.52 + i * 0.02
+            for k, (src, dst) in enumerate(((caller_media_seen, callee_media), (callee_media, caller_media_seen))):
+                rtp = struct.pack("!BBHII", 0x80, 0, i, i * 160, 0x100 + k) + bytes([0x55 + 0x20 * k]) * 160
+                w.write(t, _frame(src, dst, rtp))
+        end = t0 + 0.52 + n * 0.02
+        w.write(end, _frame(caller_sig, callee_sig, _sip("BYE sip:x@example.com SIP/2.0", "2 BYE", to_tag=";tag=b1")))
+
+
+def test_nat_media_is_matched_and_marked_inferred(tmp_path: Path) -> None:
+    cap = tmp_path / "nat.pcap"
+    _nat_capture(cap)
+    vcons: list[dict[str, Any]] = []
+    summary = ingest_file(cap, vcons.append, IngestOptions(workers=0))
+    assert summary.calls == 1 and len(vcons) == 1
+    vcon = vcons[0]
+    validate_vcon(vcon)
+    quality = next(a for a in vcon["analysis"] if a.get("schema") == "vcon-capture-rtp-quality")
+    channels = sorted((s["channel"], s["packets"]) for s in quality["body"]["streams"])
+    assert channels == [(0, 150), (1, 150)]
+    notes = next(a for a in vcon["analysis"] if a.get("schema") == "vcon-capture-notes")["body"]
+    assert notes["legs"]["nat-call"]["media_match"] == "inferred"
+
+
+def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
+    cap = tmp_path / "nat.pcap"
+    _nat_capture(cap, seconds=60.0)
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    err = Tty()
+    ingest_file(cap, lambda v: None, IngestOptions(workers=0, progress=True), stderr=err)
+    text = err.getvalue()
+    assert "nat.pcap [" in text and "%" in text
+    assert text.endswith("\r\x1b[K")  # the bar is erased at the end
