@@ -205,7 +205,8 @@ def _leg_dialogs(
         d.update(base)
         d["parties"] = [idx.parties.get(p) if p is not None else None for p in rec.channels]
         if len(rec.channels) == 1:
-            d["parties"] = d["parties"][0]
+            mixed = [idx.parties[p] for p in rec.mixed if p in idx.parties]
+            d["parties"] = mixed if len(mixed) > 1 else d["parties"][0]
         if history and len(leg.recordings) == 1:
             d["party_history"] = history
         d.update(_media(rec, options))

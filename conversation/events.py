@@ -65,6 +65,9 @@ class RecordingRef:
     """Seconds."""
     channels: tuple[str | None, ...]
     """Party id per audio channel (``None`` for an unused channel); mono = one element."""
+    mixed: tuple[str, ...] = ()
+    """For a mono recording that mixes several parties (a PBX's default mix): all their ids.
+    The dialog then lists them all (``"parties": [0, 1]``, the flat form the conserver accepts)."""
     mediatype: str = "audio/x-wav"
     path: str | None = None
     """Local file holding the media; the assembler inlines or stores it."""

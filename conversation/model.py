@@ -235,7 +235,7 @@ def _on_join(conv: Conversation, e: ev.ConversationEvent) -> None:
 
 def _on_recording(conv: Conversation, e: ev.ConversationEvent) -> None:
     assert isinstance(e, ev.RecordingAdded)
-    for p in e.recording.channels:
+    for p in (*e.recording.channels, *e.recording.mixed):
         if p is not None:
             conv.ensure_party(p)
     conv.leg(e.leg, e.at).recordings.append(e.recording)

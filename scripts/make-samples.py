@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.integration.sipp_harness import SippRun, capture_calls  # noqa: E402
+from tests.integration.sipp_harness import SippRun, capture_calls
 
 
 def main() -> None:

@@ -1009,6 +1009,7 @@ class AsteriskMachine:
             me = self._endpoint_party(rec.uid)
             peers = [p for p in leg.parties if p != me]
             caller = leg.originator
+            mixed: tuple[str, ...] = ()
             if outcome.stereo:
                 other = peers[0] if peers else None
                 pair: tuple[str | None, ...] = (me, other) if rec.own_first else (other, me)
@@ -1017,11 +1018,12 @@ class AsteriskMachine:
                 channels = (me,)
             else:
                 channels = (caller,)
+                mixed = tuple(dict.fromkeys([caller, *leg.parties]))
                 put(ev.Annotated(key=key, at=max(rec.started_at, leg.start), name="recording_mix",
                                  value={"channels": 1, "mixed": "both directions in one channel",
                                         "file": outcome.source}, leg=leg.leg_id))
             ref = ev.RecordingRef(
-                start=rec.started_at, duration=outcome.duration, channels=channels, path=outcome.path,
+                start=rec.started_at, duration=outcome.duration, channels=channels, mixed=mixed, path=outcome.path,
                 url=outcome.url, content_hash=outcome.content_hash,
                 remove_after_use=outcome.remove_after_use if outcome.path else False,
             )

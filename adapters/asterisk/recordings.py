@@ -16,9 +16,9 @@ Channel layout (what the vCon says about who is on which channel):
   caller on channel 0.
 * A 2-channel input (MixMonitor ``D`` option, interleaved) is taken as channel 0 = received from the
   recorded channel, channel 1 = sent to it, and reordered the same way.
-* Otherwise MixMonitor mixes both directions into one channel. ``RecordingRef.channels`` names one
-  party per channel, so a mono mix is attributed to the leg's caller (``channels=(caller,)``) and a
-  note on the leg says the channel holds both parties (see docs/asterisk.md).
+* Otherwise MixMonitor mixes both directions into one channel: the ``RecordingRef`` has
+  ``channels=(caller,)`` and ``mixed`` naming every party of the leg, and a note on the leg says the
+  channel holds both directions (see docs/asterisk.md).
 """
 
 from __future__ import annotations

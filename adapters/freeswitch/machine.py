@@ -367,9 +367,9 @@ class FreeswitchMachine:
                 pair = (write_party, read_party) if result.swapped else (read_party, write_party)
                 channels: tuple[str | None, ...] = pair + (None,) * (result.channels - 2)
             else:
-                # A mono file mixes both sides; a RecordingRef names one party per channel, so the
-                # recorded channel's own party stands for it.
+                # A mono file mixes both sides: the one channel lists both parties.
                 channels = (read_party,)
+            mixed = (read_party, write_party) if result.channels < 2 else ()
             start = rec.started_at
             if start is None and rec.stopped_at is not None:
                 start = rec.stopped_at - result.duration
@@ -384,6 +384,7 @@ class FreeswitchMachine:
                         start=start,
                         duration=result.duration,
                         channels=channels,
+                        mixed=mixed,
                         mediatype=result.mediatype,
                         path=result.path,
                         url=result.url,

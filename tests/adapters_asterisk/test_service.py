@@ -128,7 +128,7 @@ async def test_answered_call_with_mono_mixmonitor_wav(tmp_path: Path, ami: FakeA
     vcon = build_vcon(sink.finished[0])
     (d,) = vcon["dialog"]
     assert d["type"] == "recording" and d["mediatype"] == "audio/x-wav" and d["encoding"] == "base64url"
-    assert d["parties"] == 0  # mono mix, attributed to the caller (docs/asterisk.md)
+    assert d["parties"] == [0, 1]  # one mono channel mixing both parties (docs/asterisk.md)
     assert d["duration"] == 2.0 and [h["event"] for h in d["party_history"]] == ["keydown", "keyup", "hold",
                                                                                   "unhold"]
     n, rate, pcm = wav_channels(d)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from capture.calls import CallDone, CallOptions, CallTracker, MediaUpdated
+from capture.calls import CallAnswered, CallDone, CallOptions, CallStarted, CallTracker, MediaUpdated
 from capture.sip import SipMessage
 from conversation import events as ev
 from conversation.assembler import AssemblyOptions, assemble
@@ -64,11 +64,11 @@ def conversation_of(done: CallDone) -> dict:  # type: ignore[type-arg]
 def test_answered_call_with_hold_and_resume() -> None:
     t = CallTracker(CallOptions(linger=2.0, invite_timeout=180.0, rtp_idle_timeout=300.0))
     out = t.handle_message(invite(), A, B, 0.0)
-    assert [type(o) for o in out] == [MediaUpdated]
+    assert [type(o) for o in out] == [CallStarted, MediaUpdated]
     assert t.next_deadline() == 180.0
     t.handle_message(response("180 Ringing"), B, A, 0.5)
     out = t.handle_message(response("200 OK", body=sdp("198.51.100.20", 6000)), B, A, 2.0)
-    assert [type(o) for o in out] == [MediaUpdated]
+    assert [type(o) for o in out] == [MediaUpdated, CallAnswered]
     assert isinstance(out[0], MediaUpdated) and out[0].endpoint.port == 6000
     assert t.next_deadline() == 302.0  # RTP idle timeout from the answer
     t.handle_message(msg("ACK sip:b SIP/2.0", cseq="1 ACK", to_tag="tt1", branch="z9hG4bK2"), A, B, 2.1)
