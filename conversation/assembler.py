@@ -54,7 +54,7 @@ def assemble(conv: Conversation, options: AssemblyOptions, *, now: float) -> dic
     for leg in conv.legs.values():
         _leg_dialogs(conv, leg, idx, dialogs, options)
     for transfer in conv.transfers:
-        dialogs.append(_transfer_dialog(transfer, idx, dialogs))
+        dialogs.append(_transfer_dialog(transfer, idx))
 
     analysis = [_analysis(a, idx) for a in conv.analysis]
     notes = _notes(conv)
@@ -252,21 +252,17 @@ def _media(rec: ev.RecordingRef, options: AssemblyOptions) -> dict[str, Any]:
     return out
 
 
-def _transfer_dialog(t: ev.TransferObserved, idx: _Indexer, dialogs: list[dict[str, Any]]) -> dict[str, Any]:
+def _transfer_dialog(t: ev.TransferObserved, idx: _Indexer) -> dict[str, Any]:
     d: dict[str, Any] = {"type": "transfer", "start": rfc3339(t.at)}
     for key, party in (("transferee", t.transferee), ("transferor", t.transferor), ("transfer_target", t.transfer_target)):
         p = _pidx(idx, party)
         if p is not None:
             d[key] = p
     for key, leg in (("original", t.original), ("consultation", t.consultation), ("target_dialog", t.target_leg)):
-        if leg is None:
-            continue
-        if leg in idx.legs:
+        # The draft's placeholder for a leg we never saw is an empty dialog, which the schema
+        # refuses (a dialog needs a type): such a reference is left out instead.
+        if leg is not None and leg in idx.legs:
             d[key] = idx.legs[leg]
-        else:
-            # An unknown leg is an empty placeholder dialog (vcon-notes).
-            d[key] = len(dialogs)
-            dialogs.append({})
     return d
 
 

@@ -197,14 +197,18 @@ class EventBuilder:
                 continue
             res = rec.result
             n = int(res.get("channels") or rec.channels or 1)
+            mixed: tuple[str, ...] = ()
             if n >= 2:
                 channels: tuple[str | None, ...] = (remote, other, *([None] * (n - 2)))
             else:
                 channels = (other,) if rec.track == "outbound" else (remote,)
+                if rec.track in (None, "", "both"):
+                    mixed = (remote, other)  # a mono recording of both tracks mixes both parties
             start = rec.start_time if rec.start_time is not None else (answered_at(call, conv) or rec.first_seen)
             duration = float(res.get("duration") or rec.duration or 0.0)
             ref = ev.RecordingRef(
-                start=start, duration=duration, channels=channels, mediatype=res.get("mediatype") or "audio/x-wav",
+                start=start, duration=duration, channels=channels, mixed=mixed,
+                mediatype=res.get("mediatype") or "audio/x-wav",
                 path=res.get("path"), url=res.get("url"), content_hash=res.get("content_hash"),
                 filename=f"{rec.sid}.{'mp3' if res.get('mediatype') == 'audio/x-mp3' else 'wav'}",
                 remove_after_use=res.get("path") is not None,
