@@ -25,6 +25,7 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import unquote
 
 from capture.sdp import MediaDescription, SdpParseError, SessionDescription
 from capture.sip import (
@@ -98,6 +99,31 @@ class CallOptions:
 
 
 @dataclass(slots=True)
+class ReferRecord:
+    """One REFER seen in a call (RFC 3515), the same Refer-To counted once (SBC copies, 407 re-sends)."""
+
+    at: float
+    side: str
+    """The transferor: the side that sent the REFER."""
+    src: tuple[str, int]
+    """Where the REFER came from (the transferor's signalling address)."""
+    refer_to: str
+    """The Refer-To value as sent."""
+    target: NameAddr | None
+    """Refer-To parsed (None when malformed)."""
+    replaces: tuple[str, str | None, str | None] | None
+    """(Call-ID, to-tag, from-tag) from a ``?Replaces=`` in Refer-To (RFC 3891): an attended transfer."""
+    cseqs: set[int] = field(default_factory=set)
+    status: int | None = None
+    """Final status of the REFER (202 accepted...); None until one is seen."""
+    reason: str | None = None
+
+    @property
+    def rejected(self) -> bool:
+        return self.status is not None and self.status >= 300 and self.status not in (401, 407)
+
+
+@dataclass(slots=True)
 class SipCall:
     """State of one Call-ID."""
 
@@ -131,6 +157,11 @@ class SipCall:
     anomalies: list[str] = field(default_factory=list)
     pending_offer_side: str | None = None
     user_agents: dict[str, str] = field(default_factory=dict)
+    first_invite: SipMessage | None = None
+    """The initial INVITE (for correlation headers, Replaces, Referred-By)."""
+    refers: list[ReferRecord] = field(default_factory=list)
+    early_media_at: float | None = None
+    """When a provisional response first carried SDP (early media offered, RFC 3960)."""
 
     @property
     def answered(self) -> bool:
@@ -154,7 +185,30 @@ class CallDone:
     reason: str
 
 
-CallOutput = MediaUpdated | CallDone
+@dataclass(frozen=True, slots=True)
+class CallStarted:
+    """A new call (its initial INVITE); the engine may link it to other legs."""
+
+    call: SipCall
+    invite: SipMessage
+
+
+@dataclass(frozen=True, slots=True)
+class CallAnswered:
+    """The call was answered (2xx to the initial INVITE)."""
+
+    call: SipCall
+
+
+@dataclass(frozen=True, slots=True)
+class ReferSeen:
+    """A REFER in the call: a transfer may follow in another Call-ID."""
+
+    call: SipCall
+    refer: ReferRecord
+
+
+CallOutput = MediaUpdated | CallDone | CallStarted | CallAnswered | ReferSeen
 
 
 def disposition_for(call: SipCall) -> ev.Disposition:
@@ -178,6 +232,7 @@ class CallTracker:
         self.options = options or CallOptions()
         self.max_calls = max_calls
         self.calls: dict[str, SipCall] = {}
+        self._src: tuple[str, int] = ("", 0)
         self.counters: dict[str, int] = {
             "sip_messages": 0,
             "retransmissions": 0,
@@ -205,6 +260,7 @@ class CallTracker:
                 self.counters["out_of_dialog"] += 1
                 return []
             call = self._new_call(msg, src, dst, now)
+            out.append(CallStarted(call, msg))
             out.extend(self._evict_if_needed(now))
         if self._is_retransmission(call, msg):
             call.retransmissions += 1
@@ -213,6 +269,7 @@ class CallTracker:
             return out
         call.last_activity = now
         self._trace(call, msg, now)
+        self._src = src
         if msg.method is not None:
             handler = _REQUEST_HANDLERS.get(msg.method)
             if handler is not None:
@@ -260,6 +317,7 @@ class CallTracker:
             caller_signal=src,
             callee_signal=dst,
             last_activity=now,
+            first_invite=msg,
         )
         call.deadline = now + self.options.invite_timeout
         self.calls[call.call_id] = call
@@ -462,39 +520,69 @@ class CallTracker:
 
     def _handle_refer(self, call: SipCall, msg: SipMessage, now: float) -> list[CallOutput]:
         side = self._side_of(call, msg)
-        other = CALLEE if side == CALLER else CALLER
-        refer_to = msg.header("Refer-To") or ""
-        attended = "replaces=" in refer_to.lower()
-        target_party = "transfer-target"
+        refer_to = (msg.header("Refer-To") or "").strip()
+        cseq = msg.cseq
+        for known in call.refers:
+            if known.refer_to == refer_to and known.side == side:
+                # The same transfer again: a copy from the other side of an SBC, or re-sent after 407.
+                if cseq is not None:
+                    known.cseqs.add(cseq[0])
+                return []
+        target: NameAddr | None
         try:
             target = NameAddr.parse(refer_to)
-            info = ev.PartyInfo(
-                sip=target.uri.addr_spec if target.uri.scheme in ("sip", "sips") else None,
-                tel=e164_or_none(target.uri.user or ""),
-                name=target.display_name,
-                role="transfer-target",
-            )
         except Exception:  # noqa: BLE001 - a malformed Refer-To must not end the call
-            info = ev.PartyInfo(role="transfer-target")
-        call.events.append(ev.PartySeen(key=call.key, at=now, party=target_party, info=info))
-        call.events.append(
-            ev.TransferObserved(
-                key=call.key,
-                at=now,
-                transferee=other,
-                transferor=side,
-                transfer_target=target_party,
-                original=call.call_id,
-                kind="attended" if attended else "blind",
+            target = None
+        refer = ReferRecord(at=now, side=side, src=self._src, refer_to=refer_to, target=target,
+                            replaces=_replaces_of(target))
+        if cseq is not None:
+            refer.cseqs.add(cseq[0])
+        if len(call.refers) < 16:
+            call.refers.append(refer)
+        return [ReferSeen(call, refer)]
+
+    def _handle_refer_response(self, call: SipCall, msg: SipMessage, cseq: int) -> None:
+        status = msg.status or 0
+        if status < 200:
+            return
+        for refer in call.refers:
+            if cseq in refer.cseqs and (refer.status is None or refer.status in (401, 407) or 200 <= status < 300):
+                refer.status = status
+                refer.reason = f"{status} {msg.reason_phrase or ''}".strip()
+
+    def _transfer_events(self, call: SipCall, end: float) -> None:
+        """One ``TransferObserved`` per REFER that was not refused (RFC 3515 §2.4.2: 202 Accepted)."""
+        for refer in call.refers:
+            other = CALLEE if refer.side == CALLER else CALLER
+            if refer.rejected:
+                call.events.append(ev.Annotated(
+                    key=call.key, at=end, name="refer_rejected", leg=call.call_id,
+                    value={"refer_to": refer.refer_to, "status": refer.reason, "transferor": refer.side},
+                ))
+                continue
+            target_party = target_party_id(refer, call)
+            call.events.append(ev.PartySeen(key=call.key, at=refer.at, party=target_party,
+                                            info=_refer_target_info(refer.target)))
+            call.events.append(
+                ev.TransferObserved(
+                    key=call.key,
+                    at=refer.at,
+                    transferee=other,
+                    transferor=refer.side,
+                    transfer_target=target_party,
+                    original=call.call_id,
+                    kind="attended" if refer.replaces is not None else "blind",
+                )
             )
-        )
-        return []
 
     # -- responses ------------------------------------------------------------------------------
 
     def _handle_response(self, call: SipCall, msg: SipMessage, now: float) -> list[CallOutput]:
         cseq = msg.cseq
         status = msg.status or 0
+        if cseq is not None and cseq[1] == "REFER":
+            self._handle_refer_response(call, msg, cseq[0])
+            return []
         if cseq is None or cseq[1] != "INVITE":
             return []
         side = self._side_of(call, msg)
@@ -508,6 +596,8 @@ class CallTracker:
             if not call.ringing or (msg.body and not call.early_media):
                 call.ringing = True
                 early = bool(msg.body)
+                if early and call.early_media_at is None:
+                    call.early_media_at = now
                 call.early_media = call.early_media or early
                 if call.state is CallState.INVITED:
                     call.state = CallState.EARLY
@@ -541,6 +631,7 @@ class CallTracker:
                 )
             )
             call.events.append(ev.LegAnswered(key=call.key, at=now, leg=call.call_id))
+            out.append(CallAnswered(call))
             return out
         if status >= 300 and not call.answered:
             call.final_status = status
@@ -571,6 +662,7 @@ class CallTracker:
         call.ended_at = end
         for side, ua in call.user_agents.items():
             call.events.append(ev.PartySeen(key=call.key, at=end, party=side, info=ev.PartyInfo(sip_user_agent=ua)))
+        self._transfer_events(call, end)
         if call.answered:
             call.events.append(
                 ev.LegEnded(key=call.key, at=end, leg=call.call_id, reason=reason if partial else "BYE",
@@ -591,6 +683,46 @@ class CallTracker:
             call.events.append(ev.Annotated(key=call.key, at=end, name="anomalies", value=call.anomalies[:50],
                                             leg=call.call_id))
         return [CallDone(call, partial, reason)]
+
+
+def _replaces_of(target: NameAddr | None) -> tuple[str, str | None, str | None] | None:
+    """The ``Replaces`` header embedded in a Refer-To URI (RFC 3891 §3, escaped per RFC 3261 §19.1.1)."""
+    if target is None:
+        return None
+    for name, value in target.uri.headers.items():
+        if name.lower() == "replaces":
+            return parse_replaces(unquote(value))
+    return None
+
+
+def parse_replaces(value: str) -> tuple[str, str | None, str | None] | None:
+    """``call-id;to-tag=..;from-tag=..`` (RFC 3891 §6.1) -> (call_id, to_tag, from_tag)."""
+    call_id, _, params = value.strip().partition(";")
+    if not call_id:
+        return None
+    tags: dict[str, str] = {}
+    for p in params.split(";"):
+        name, _, val = p.strip().partition("=")
+        tags[name.lower()] = val
+    return (call_id.strip(), tags.get("to-tag"), tags.get("from-tag"))
+
+
+def target_party_id(refer: ReferRecord, call: SipCall) -> str:
+    """The party id a REFER's target gets in the call's events."""
+    n = call.refers.index(refer) if refer in call.refers else 0
+    return "transfer-target" if n == 0 else f"transfer-target-{n + 1}"
+
+
+def _refer_target_info(target: NameAddr | None) -> ev.PartyInfo:
+    if target is None:
+        return ev.PartyInfo(role="transfer-target")
+    uri = target.uri
+    return ev.PartyInfo(
+        sip=uri.addr_spec if uri.scheme in ("sip", "sips") else None,
+        tel=e164_or_none(uri.user or ""),
+        name=target.display_name,
+        role="transfer-target",
+    )
 
 
 def _first_audio(sdp: SessionDescription) -> MediaDescription | None:

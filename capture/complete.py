@@ -11,29 +11,37 @@ from pathlib import Path
 from typing import Any
 
 from capture.calls import CALLEE, CALLER
-from capture.engine import FinishedCall
+from capture.engine import FinishedCall, RenderJob
 from capture.recorder import RenderResult, render_recording
 from conversation import events as ev
 from conversation.assembler import VENDOR, AssemblyOptions, assemble
 from conversation.model import Conversation, ConversationTracker
 
-_CHANNEL_PARTY = (CALLER, CALLEE)
+_CHANNEL_PARTY: tuple[str | None, str | None] = (CALLER, CALLEE)
 
 
-def media_events(job: FinishedCall, result: RenderResult) -> list[ev.ConversationEvent]:
-    """Conversation events derived from the rendered audio: recording, DTMF, quality, reasons."""
+def media_events(
+    job: FinishedCall, result: RenderResult, render: RenderJob | None = None
+) -> list[ev.ConversationEvent]:
+    """Conversation events derived from the rendered audio: recording, DTMF, quality, reasons.
+
+    ``render`` names the leg and the party of each channel (legs linked across Call-IDs); without
+    it the job's own leg, caller on channel 0 and callee on channel 1.
+    """
     out: list[ev.ConversationEvent] = []
     at = job.ended_at
+    leg = (render.leg if render is not None else "") or job.leg
+    channel_party = render.channel_parties if render is not None else _CHANNEL_PARTY
     if result.path is not None:
         out.append(
             ev.RecordingAdded(
                 key=job.key,
                 at=at,
-                leg=job.leg,
+                leg=leg,
                 recording=ev.RecordingRef(
                     start=result.start,
                     duration=result.duration,
-                    channels=(CALLER, CALLEE),
+                    channels=channel_party,
                     mediatype="audio/x-wav",
                     path=str(result.path),
                     filename=f"{Path(str(result.path)).name}",
@@ -45,7 +53,7 @@ def media_events(job: FinishedCall, result: RenderResult) -> list[ev.Conversatio
         for digit in report.dtmf:
             out.append(
                 ev.DigitPressed(
-                    key=job.key, at=digit.at, leg=job.leg, party=_CHANNEL_PARTY[channel],
+                    key=job.key, at=digit.at, leg=leg, party=channel_party[channel] or CALLER,
                     digit=digit.digit, duration=digit.duration,
                 )
             )
@@ -66,7 +74,7 @@ def media_events(job: FinishedCall, result: RenderResult) -> list[ev.Conversatio
     out.append(
         ev.AnalysisAdded(
             key=job.key, at=at, type="report", vendor=VENDOR, product=VENDOR, schema="vcon-capture-rtp-quality",
-            body=body, legs=(job.leg,),
+            body=body, legs=(leg,),
         )
     )
     return out
@@ -94,7 +102,7 @@ def build_conversation(job: FinishedCall) -> Conversation:
         result = render_recording(
             [list(r.channels[0]), list(r.channels[1])], start=r.start, end=r.end, out_path=Path(r.out_path)
         )
-        events.extend(media_events(job, result))
+        events.extend(media_events(job, result, r))
         for channel in r.channels:
             for info in channel:
                 Path(info.path).unlink(missing_ok=True)

@@ -24,20 +24,25 @@ from typing import Any
 from capture.calls import (
     CALLEE,
     CALLER,
+    CallAnswered,
     CallDone,
     CallOptions,
     CallOutput,
+    CallStarted,
     CallState,
     CallTracker,
     MediaEndpoint,
     MediaUpdated,
+    ReferSeen,
     SipCall,
     sip_trace_attachment,
 )
+from capture.correlation import DEFAULT_CORRELATION_HEADERS, LegLinker, LinkOptions
 from capture.netlayers import Datagram
 from capture.recorder import CodecSpec, SpoolInfo, StreamSpool
 from capture.sip import SipMessage, SipParseError, looks_like_sip, parse_datagram
 from conversation import events as ev
+from conversation.vcon import rfc3339
 
 StreamKey = tuple[str, int, str, int]
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -65,6 +70,10 @@ class RenderJob:
     start: float
     end: float
     out_path: str
+    leg: str = ""
+    """The leg (Call-ID) recorded; empty = the job's own leg."""
+    channel_parties: tuple[str | None, str | None] = (CALLER, CALLEE)
+    """Party id per output channel (0 = what the caller sent, 1 = what the callee sent)."""
 
 
 @dataclass(slots=True)
@@ -91,6 +100,13 @@ class EngineOptions:
     """Match RTP whose addresses differ from the SDP (NAT) by one end or by the SIP peer address."""
     sip_ports_only: tuple[int, ...] = ()
     """If set, only these UDP ports are parsed as SIP (otherwise any datagram that looks like SIP)."""
+    link_legs: bool = True
+    """Join legs of one conversation across Call-IDs (transfers, B2BUA correlation) into one vCon."""
+    correlation_headers: tuple[str, ...] = DEFAULT_CORRELATION_HEADERS
+    """Headers linking B2BUA legs: X-CID / X-Call-ID (the other leg's Call-ID or a shared value),
+    P-Charging-Vector (icid-value), Session-ID (RFC 7989 UUID). Empty = no header correlation."""
+    transfer_wait: float = 32.0
+    """Seconds a transferred leg is held after its REFER, waiting for the new leg (target dialog)."""
 
 
 class CaptureEngine:
@@ -110,13 +126,21 @@ class CaptureEngine:
         self.now = 0.0
         self.segments: dict[str, list[RenderJob]] = {}
         self.segment_start: dict[str, float] = {}
+        self.linker: LegLinker | None = None
+        if self.options.link_legs:
+            self.linker = LegLinker(LinkOptions(correlation_headers=self.options.correlation_headers,
+                                                transfer_wait=self.options.transfer_wait))
 
     # -- input ---------------------------------------------------------------------------------
 
     def handle_datagram(self, dg: Datagram) -> None:
         """Feed one datagram. The RTP fast path is one dict lookup and one spool append."""
-        route = self.routes.get((dg.src, dg.sport, dg.dst, dg.dport))
         now = dg.ts
+        nd = self._next_deadline
+        if nd is not None and now >= nd:
+            # Deadlines before this packet fire first: a call timed out is over before it arrives.
+            self._run_timers(now)
+        route = self.routes.get((dg.src, dg.sport, dg.dst, dg.dport))
         if route is not None:
             route.spool.add(now, dg.payload)
             route.last = now
@@ -124,9 +148,6 @@ class CaptureEngine:
         else:
             self._handle_other(dg)
         self.now = now
-        nd = self._next_deadline
-        if nd is not None and now >= nd:
-            self._run_timers(now)
 
     def handle_sip_bytes(self, data: bytes, src: tuple[str, int], dst: tuple[str, int], now: float) -> None:
         """SIP from a stream transport (TCP/WebSocket reassembly) or a datagram."""
@@ -136,14 +157,26 @@ class CaptureEngine:
             self.counters[f"sip-malformed:{exc.reason.name.lower()}"] += 1
             return
         for msg in messages:
-            self._apply(self.tracker.handle_message(msg, src, dst, now))
-        self._next_deadline = self.tracker.next_deadline()
+            self._apply(self.tracker.handle_message(msg, src, dst, now), now)
+        self._update_deadline()
 
     def handle_sip_message(self, msg: SipMessage, src: tuple[str, int], dst: tuple[str, int], now: float) -> None:
         """One SIP message already framed by a stream transport."""
         self.counters["sip-stream-messages"] += 1
-        self._apply(self.tracker.handle_message(msg, src, dst, now))
-        self._next_deadline = self.tracker.next_deadline()
+        nd = self._next_deadline
+        if nd is not None and now >= nd:
+            self._run_timers(now)
+        self.now = max(self.now, now)
+        self._apply(self.tracker.handle_message(msg, src, dst, now), now)
+        self._update_deadline()
+
+    def _update_deadline(self) -> None:
+        nd = self.tracker.next_deadline()
+        if self.linker is not None:
+            ld = self.linker.next_deadline()
+            if ld is not None and (nd is None or ld < nd):
+                nd = ld
+        self._next_deadline = nd
 
     def advance(self, now: float) -> None:
         """Move time forward without a packet (live capture idle ticks)."""
@@ -156,7 +189,9 @@ class CaptureEngine:
 
     def finish_all(self, reason: str = "end-of-capture") -> None:
         """End every open call (end of file, shutdown)."""
-        self._apply(self.tracker.finish_all(self.now, reason=reason))
+        self._apply(self.tracker.finish_all(self.now, reason=reason), self.now)
+        if self.linker is not None:
+            self.finished.extend(self.linker.flush())
         self._next_deadline = None
 
     def cut_segments(self, now: float, seconds: float) -> int:
@@ -190,7 +225,8 @@ class CaptureEngine:
             route.packets = 0
         out = self.work_dir / f"{_UNSAFE.sub('_', call.call_id)[:80]}-{len(self.segments.get(call.call_id, ()))}.wav"
         job = RenderJob(
-            (tuple(i for ch, i in infos if ch == 0), tuple(i for ch, i in infos if ch == 1)), start, end, str(out)
+            (tuple(i for ch, i in infos if ch == 0), tuple(i for ch, i in infos if ch == 1)), start, end, str(out),
+            leg=call.call_id,
         )
         self.segments.setdefault(call.call_id, []).append(job)
         self.segment_start[call.call_id] = end
@@ -213,9 +249,9 @@ class CaptureEngine:
             self.counters["sip-datagrams"] += 1
             self.handle_sip_bytes(payload, (dg.src, dg.sport), (dg.dst, dg.dport), dg.ts)
             return
-        if self.options.infer_media and len(payload) >= 12 and (payload[0] & 0xC0) == 0x80:
-            if self._infer_route(dg):
-                return
+        if (self.options.infer_media and len(payload) >= 12 and (payload[0] & 0xC0) == 0x80
+                and self._infer_route(dg)):
+            return
         self.counters["unmatched-datagrams"] += 1
 
     def _infer_route(self, dg: Datagram) -> bool:
@@ -261,15 +297,43 @@ class CaptureEngine:
                 last = max((r.last for r in self.call_routes.get(call.call_id, ())), default=0.0)
                 if last > call.last_activity:
                     self.tracker.touch_media(call, last)
-        self._apply(self.tracker.handle_timer(now))
-        self._next_deadline = self.tracker.next_deadline()
+        self._apply(self.tracker.handle_timer(now), now)
+        if self.linker is not None:
+            self.finished.extend(self.linker.handle_timer(now))
+        self._update_deadline()
 
-    def _apply(self, outputs: list[CallOutput]) -> None:
+    def _apply(self, outputs: list[CallOutput], now: float) -> None:
         for out in outputs:
             if isinstance(out, MediaUpdated):
                 self._register_media(out.call, out.endpoint)
             elif isinstance(out, CallDone):
-                self._finish_call(out)
+                self._finish_call(out, now)
+            elif isinstance(out, CallStarted):
+                if self.linker is not None:
+                    self.linker.call_started(out.call, out.invite, now)
+            elif isinstance(out, ReferSeen):
+                if self.linker is not None:
+                    self.linker.refer_seen(out.call, out.refer, now)
+            elif isinstance(out, CallAnswered):
+                self._answered(out.call)
+
+    def _answered(self, call: SipCall) -> None:
+        """Early media (RFC 3960): when RTP flowed before the answer, the recording starts at the
+        provisional response that opened it, so ringback and announcements are kept."""
+        if call.early_media_at is None or call.answered_at is None:
+            return
+        routes = self.call_routes.get(call.call_id, ())
+        if not any(r.packets for r in routes):
+            return
+        self.segment_start[call.call_id] = call.early_media_at
+        call.events.append(
+            ev.Annotated(
+                key=call.key, at=call.answered_at, leg=call.call_id, name="early_media",
+                value={"recorded_from": rfc3339(call.early_media_at), "answered_at": rfc3339(call.answered_at),
+                       "seconds": round(call.answered_at - call.early_media_at, 3),
+                       "packets_before_answer": sum(r.packets for r in routes)},
+            )
+        )
 
     def _register_media(self, call: SipCall, endpoint: MediaEndpoint) -> None:
         if endpoint.port:
@@ -326,7 +390,7 @@ class CaptureEngine:
         self.counters["streams"] += 1
         return route
 
-    def _finish_call(self, done: CallDone) -> None:
+    def _finish_call(self, done: CallDone, now: float) -> None:
         call = done.call
         routes = self.call_routes.pop(call.call_id, [])
         for route in routes:
@@ -355,19 +419,22 @@ class CaptureEngine:
             ch1 = tuple(info for ch, info in infos if ch == 1)
             suffix = f"-{len(renders)}" if renders else ""
             out = self.work_dir / f"{_UNSAFE.sub('_', call.call_id)[:80]}{suffix}.wav"
-            renders.append(RenderJob((ch0, ch1), start, max(call.ended_at or self.now, start), str(out)))
-        self.finished.append(
-            FinishedCall(
-                key=call.key,
-                leg=call.call_id,
-                events=events,
-                renders=renders,
-                partial=done.partial,
-                reason=done.reason,
-                ended_at=call.ended_at or self.now,
-                notes=notes,
-            )
+            renders.append(RenderJob((ch0, ch1), start, max(call.ended_at or self.now, start), str(out),
+                                     leg=call.call_id))
+        job = FinishedCall(
+            key=call.key,
+            leg=call.call_id,
+            events=events,
+            renders=renders,
+            partial=done.partial,
+            reason=done.reason,
+            ended_at=call.ended_at or self.now,
+            notes=notes,
         )
+        if self.linker is None:
+            self.finished.append(job)
+        else:
+            self.finished.extend(self.linker.call_finished(job, call, max(now, self.now)))
 
 
 def _other_end_fits(call: SipCall, channel: int, dg: Datagram) -> bool:

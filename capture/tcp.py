@@ -6,6 +6,11 @@ stream goes through a :class:`~capture.sip.SipStreamBuffer` (Content-Length fram
 A flow that starts with an HTTP ``GET`` upgrade is read as WebSocket frames (RFC 6455 §5.2),
 whose text payloads are whole SIP messages (RFC 7118 §5). Flows that are neither are ignored after
 their first bytes. Sans-IO apart from handing messages to the engine.
+
+SIP over TLS (RFC 3261 §26.2, port 5061) cannot be read passively: a flow to or from a TLS SIP port
+whose first bytes are a TLS record header (content type 20-23, version major 3) is counted once in
+``tls_flows`` and each of its segments as ``sip-tls-encrypted``, and logged once per flow, so the
+file summary says why those calls are missing (the tshark engine can read them with a key log).
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
+
+import structlog
 
 from capture.netlayers import Datagram
 from capture.sip import SipMessage, SipParseError, SipStreamBuffer, looks_like_sip
@@ -25,6 +32,11 @@ _RST = 0x04
 MAX_FLOWS = 65536
 MAX_PENDING_SEGMENTS = 64
 MAX_WS_BUFFER = 256 * 1024
+TLS_SIP_PORTS = frozenset({5061})
+MAX_FIRST_LINE = 1024
+"""Bytes a flow may hold before its first line is complete (to decide what it carries)."""
+
+log = structlog.get_logger("vcon_capture.tcp")
 
 
 class SipMessageHandler(Protocol):
@@ -36,7 +48,7 @@ class SipMessageHandler(Protocol):
 @dataclass(slots=True)
 class _Flow:
     next_seq: int | None = None
-    mode: str = "unknown"  # unknown | sip | websocket | ignore
+    mode: str = "unknown"  # unknown | sip | websocket | tls | ignore
     sip: SipStreamBuffer = field(default_factory=SipStreamBuffer)
     pending: dict[int, bytes] = field(default_factory=dict)
     ws_buffer: bytearray = field(default_factory=bytearray)
@@ -54,6 +66,8 @@ class TcpSipReassembler:
         self.handler = handler
         self.flows: dict[FlowKey, _Flow] = {}
         self.counters: Counter[str] = Counter()
+        self.tls_flows = 0
+        """TCP flows (one direction each) carrying SIP over TLS, unreadable without keys."""
 
     def handle(self, dg: Datagram) -> None:
         key = (dg.src, dg.sport, dg.dst, dg.dport)
@@ -116,7 +130,20 @@ class TcpSipReassembler:
     def _deliver(self, flow: _Flow, key: FlowKey, data: bytes, now: float) -> None:
         if flow.mode == "unknown":
             head = bytes(flow.handshake) + data
-            if head.startswith(b"GET ") or head.startswith(b"HTTP/1.1 101"):
+            flow.handshake.clear()
+            data = head
+            stripped = head.lstrip(b"\r\n")
+            if (stripped and b"\r\n" not in stripped and len(head) < MAX_FIRST_LINE
+                    and not (len(head) >= 3 and _is_tls_sip(key, head))):
+                # Too little to tell SIP, WebSocket or TLS apart (a start line split over segments).
+                flow.handshake += head
+                return
+            if _is_tls_sip(key, head):
+                flow.mode = "tls"
+                self.tls_flows += 1
+                log.warning("capture.sip_tls", src=f"{key[0]}:{key[1]}", dst=f"{key[2]}:{key[3]}",
+                            detail="SIP over TLS cannot be read passively; try --engine tshark --tls-keylog")
+            elif head.startswith((b"GET ", b"HTTP/1.1 101")):
                 flow.mode = "websocket"
             elif looks_like_sip(head.lstrip(b"\r\n")):
                 flow.mode = "sip"
@@ -127,6 +154,9 @@ class TcpSipReassembler:
                 self.counters["tcp-not-sip"] += 1
                 return
         if flow.mode == "ignore":
+            return
+        if flow.mode == "tls":
+            self.counters["sip-tls-encrypted"] += 1
             return
         if flow.mode == "websocket":
             self._deliver_websocket(flow, key, data, now)
@@ -178,6 +208,14 @@ class TcpSipReassembler:
                     self.counters[f"sip-malformed:{exc.reason.name.lower()}"] += 1
                     continue
                 self.handler.handle_sip_message(msg, (key[0], key[1]), (key[2], key[3]), now)
+
+
+def _is_tls_sip(key: FlowKey, head: bytes) -> bool:
+    """A TLS record header (RFC 8446 §5.1: type 20-23, legacy version 3.x) on a SIP TLS port."""
+    return (
+        (key[1] in TLS_SIP_PORTS or key[3] in TLS_SIP_PORTS)
+        and len(head) >= 3 and 20 <= head[0] <= 23 and head[1] == 3
+    )
 
 
 def maybe_extract_ws_frame(buf: bytearray) -> tuple[int, bytes] | None:
