@@ -16,6 +16,8 @@ vCon reports. Ambiguous inferences are refused and counted.
 from __future__ import annotations
 
 import re
+import socket
+import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +119,9 @@ class CaptureEngine:
         self.options = options or EngineOptions()
         self.tracker = CallTracker(self.options.calls, max_calls=self.options.max_calls)
         self.routes: dict[StreamKey, StreamRoute] = {}
+        self.raw_routes: dict[bytes, StreamRoute] = {}
+        """The IPv4 routes again, keyed by the 12 wire bytes (source and destination address, UDP
+        ports) that :meth:`handle_frame` can slice straight out of an Ethernet frame."""
         self.call_routes: dict[str, list[StreamRoute]] = {}
         self.endpoints: dict[tuple[str, int], list[tuple[SipCall, str]]] = {}
         self.unmatched: dict[StreamKey, int] = {}
@@ -148,6 +153,39 @@ class CaptureEngine:
         else:
             self._handle_other(dg)
         self.now = now
+
+    def handle_frame(self, ts: float, linktype: int, frame: bytes) -> bool:
+        """The fastest path: RTP of a known IPv4 stream in an untagged Ethernet frame.
+
+        Returns False when the frame is anything else (the caller then decodes it and calls
+        :meth:`handle_datagram`): not Ethernet/IPv4 with a 20-byte header, a fragment, not UDP, no
+        known stream, a malformed UDP length, or a timer due (timers run on the general path).
+        """
+        if (
+            linktype != 1
+            or len(frame) < 42
+            or frame[12] != 8
+            or frame[13] != 0
+            or frame[14] != 0x45
+            or frame[23] != 17
+            or frame[20] & 0x3F
+            or frame[21]
+        ):
+            return False
+        route = self.raw_routes.get(frame[26:38])
+        if route is None:
+            return False
+        nd = self._next_deadline
+        if nd is not None and ts >= nd:
+            return False
+        end = 34 + ((frame[38] << 8) | frame[39])
+        if end < 42 or end > len(frame):
+            return False
+        route.spool.add(ts, frame[42:end])
+        route.last = ts
+        route.packets += 1
+        self.now = ts
+        return True
 
     def handle_sip_bytes(self, data: bytes, src: tuple[str, int], dst: tuple[str, int], now: float) -> None:
         """SIP from a stream transport (TCP/WebSocket reassembly) or a datagram."""
@@ -386,6 +424,9 @@ class CaptureEngine:
             spool.encrypted = True
         route = StreamRoute(key=key, call=call, channel=channel, spool=spool, inferred=inferred)
         self.routes[key] = route
+        raw = _raw_key(key)
+        if raw is not None:
+            self.raw_routes[raw] = route
         self.call_routes.setdefault(call.call_id, []).append(route)
         self.counters["streams"] += 1
         return route
@@ -396,6 +437,9 @@ class CaptureEngine:
         for route in routes:
             if self.routes.get(route.key) is route:
                 del self.routes[route.key]
+            raw = _raw_key(route.key)
+            if raw is not None and self.raw_routes.get(raw) is route:
+                del self.raw_routes[raw]
         for endpoint_key in {(e.address, e.port) for e in call.media_history}:
             lst = self.endpoints.get(endpoint_key)
             if lst is not None:
@@ -445,3 +489,11 @@ def _other_end_fits(call: SipCall, channel: int, dg: Datagram) -> bool:
     if endpoint is not None:
         ips.add(endpoint.address)
     return dg.src in ips
+
+
+def _raw_key(key: StreamKey) -> bytes | None:
+    """The 12 wire bytes of an IPv4 4-tuple (addresses, then ports), or None for IPv6."""
+    try:
+        return socket.inet_pton(socket.AF_INET, key[0]) + socket.inet_pton(socket.AF_INET, key[2]) + struct.pack("!HH", key[1], key[3])
+    except OSError:
+        return None

@@ -97,6 +97,7 @@ class Sniffer:
         engine = self.engine
         decode = self.decoder.decode
         handle = engine.handle_datagram
+        fast = engine.handle_frame
         tcp = self.tcp
         last_tick = 0.0
         while not self.stop_event.is_set() or not self.queue.empty():
@@ -104,9 +105,11 @@ class Sniffer:
                 batch = self.queue.get(timeout=0.2)
             except queue.Empty:
                 batch = []
+            self.packets += len(batch)
             for ts, linktype, frame in batch:
-                self.packets += 1
                 self.bytes += len(frame)
+                if fast(ts, linktype, frame):
+                    continue
                 dg = decode(ts, linktype, frame)
                 if dg is None:
                     continue
