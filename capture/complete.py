@@ -32,7 +32,7 @@ def media_events(
     at = job.ended_at
     leg = (render.leg if render is not None else "") or job.leg
     channel_party = render.channel_parties if render is not None else _CHANNEL_PARTY
-    if result.path is not None:
+    if result.has_audio:
         out.append(
             ev.RecordingAdded(
                 key=job.key,
@@ -43,8 +43,9 @@ def media_events(
                     duration=result.duration,
                     channels=channel_party,
                     mediatype="audio/x-wav",
-                    path=str(result.path),
-                    filename=f"{Path(str(result.path)).name}",
+                    path=str(result.path) if result.path is not None else None,
+                    data=result.wav,
+                    filename=Path(render.out_path).name if render is not None else f"{job.leg}.wav",
                     remove_after_use=True,
                 ),
             )
@@ -66,7 +67,7 @@ def media_events(
             streams.append(item)
     body: dict[str, Any] = {"streams": streams, "sample_rate": result.sample_rate}
     reasons = [r.no_audio_reason for r in result.channel_reports if r.no_audio_reason]
-    if result.path is None:
+    if not result.has_audio:
         body["no_audio_reason"] = result.no_audio_reason or "; ".join(reasons) or "no RTP seen"
     elif reasons:
         body["channel_notes"] = {str(i): r.no_audio_reason for i, r in enumerate(result.channel_reports)
@@ -100,7 +101,8 @@ def build_conversation(job: FinishedCall) -> Conversation:
     events = list(job.events)
     for r in job.renders:
         result = render_recording(
-            [list(r.channels[0]), list(r.channels[1])], start=r.start, end=r.end, out_path=Path(r.out_path)
+            [list(r.channels[0]), list(r.channels[1])], start=r.start, end=r.end, out_path=Path(r.out_path),
+            in_memory=True,
         )
         events.extend(media_events(job, result, r))
         for channel in r.channels:

@@ -73,6 +73,8 @@ class IngestOptions:
     write_dir: Path | None = None
     """Write each vCon as ``<uuid>.vcon.json`` here from the worker (JSON and fsync off the packet
     loop); the handler is then not called. None = hand every vCon dict to the handler."""
+    fsync: bool = True
+    """fsync each file written to ``write_dir`` before its rename (False: atomic, not durable)."""
 
 
 _WRITER: concurrent.futures.ThreadPoolExecutor | None = None
@@ -80,18 +82,46 @@ _WRITES: collections.deque[concurrent.futures.Future[Any]] = collections.deque()
 _MAX_PENDING_WRITES = 64
 
 
-def _write_vcon(write_dir: Path, vcon: dict[str, Any]) -> None:
+def _write_vcon(write_dir: Path, vcon: dict[str, Any], durable: bool = True) -> None:
     """Write one vCon file on a writer thread: each file is still fsynced before its rename, but
     several fsyncs in flight share journal commits (about 10x the files per second of one by one)."""
     global _WRITER
     from delivery.sinks import DirectorySink
 
+    body = dumps_vcon(vcon)
+    if not durable:
+        # Without fsync a write is a copy into the page cache: cheaper here than a thread hand-off,
+        # which would contend for the GIL with the renderer.
+        DirectorySink(write_dir, durable=False).write_sync(str(vcon["uuid"]), body)
+        return
     if _WRITER is None:
-        _WRITER = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="vcon-write")
-    body = json.dumps(vcon, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    _WRITES.append(_WRITER.submit(DirectorySink(write_dir).write_sync, str(vcon["uuid"]), body))
+        _WRITER = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="vcon-write")
+    _WRITES.append(_WRITER.submit(DirectorySink(write_dir, durable=durable).write_sync, str(vcon["uuid"]), body))
     while len(_WRITES) > _MAX_PENDING_WRITES:
         _WRITES.popleft().result()
+
+
+def dumps_vcon(vcon: dict[str, Any]) -> bytes:
+    """The vCon as compact JSON bytes, with large base64url bodies spliced in rather than encoded.
+
+    base64url text needs no JSON escaping, so a placeholder goes through ``json.dumps`` and the body
+    bytes replace it afterwards: the same bytes ``json.dumps`` would give, without scanning a
+    recording's worth of characters in the encoder.
+    """
+    bodies: list[bytes] = []
+    dialogs = []
+    for d in vcon.get("dialog", ()):
+        body = d.get("body")
+        if d.get("encoding") == "base64url" and isinstance(body, str) and len(body) > 4096:
+            d = dict(d, body=f"@@vcon-capture-body-{len(bodies)}@@")
+            bodies.append(body.encode("ascii"))
+        dialogs.append(d)
+    if not bodies:
+        return json.dumps(vcon, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    text = json.dumps(dict(vcon, dialog=dialogs), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    for i, body in enumerate(bodies):
+        text = text.replace(f'"@@vcon-capture-body-{i}@@"'.encode("ascii"), b'"' + body + b'"', 1)
+    return text
 
 
 def flush_writes() -> int:
@@ -104,13 +134,13 @@ def flush_writes() -> int:
 
 
 def complete_job(
-    job: FinishedCall, options: AssemblyOptions, now: float, write_dir: Path | None
+    job: FinishedCall, options: AssemblyOptions, now: float, write_dir: Path | None, durable: bool = True
 ) -> dict[str, Any] | str:
     """Build the vCon; with ``write_dir`` queue it for writing there and return only its uuid."""
     vcon = complete_call(job, options, now)
     if write_dir is None:
         return vcon
-    _write_vcon(write_dir, vcon)
+    _write_vcon(write_dir, vcon, durable)
     return str(vcon["uuid"])
 
 
@@ -118,7 +148,8 @@ class _Completer:
     """Runs :func:`complete_job` inline or in a process pool, in submission order."""
 
     def __init__(self, workers: int, options: AssemblyOptions, handler: VconHandler,
-                 write_dir: Path | None = None) -> None:
+                 write_dir: Path | None = None, durable: bool = True) -> None:
+        self.durable = durable
         self.options = options
         self.handler = handler
         self.write_dir = write_dir
@@ -132,9 +163,11 @@ class _Completer:
 
     def submit(self, job: FinishedCall) -> None:
         if self.pool is None:
-            self._deliver(complete_job(job, self.options, time.time(), self.write_dir))
+            self._deliver(complete_job(job, self.options, time.time(), self.write_dir, self.durable))
             return
-        self.pending.append(self.pool.submit(complete_job, job, self.options, time.time(), self.write_dir))
+        self.pending.append(
+            self.pool.submit(complete_job, job, self.options, time.time(), self.write_dir, self.durable)
+        )
         if len(self.pending) > 64:
             self._collect(block_until=32)
 
@@ -180,7 +213,7 @@ def ingest_file(
     engine = CaptureEngine(work_root, opts.engine)
     decoder = PacketDecoder()
     tcp = TcpSipReassembler(engine)
-    completer = _Completer(workers, opts.assembly, handler, opts.write_dir)
+    completer = _Completer(workers, opts.assembly, handler, opts.write_dir, opts.fsync)
     handle_datagram = engine.handle_datagram
     fast = engine.handle_frame
     decode = decoder.decode

@@ -150,7 +150,7 @@ class ChannelReport:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RenderResult:
-    """The rendered recording, or why there is none (`path` None)."""
+    """The rendered recording (a file at `path`, or the bytes in `wav`), or why there is none (both None)."""
 
     path: Path | None
     sample_rate: int
@@ -163,6 +163,12 @@ class RenderResult:
     channel_reports: tuple[ChannelReport, ...]
     no_audio_reason: str | None
     early_media_packets: int
+    wav: bytes | None = None
+    """The WAV itself when rendered with ``in_memory`` and small enough (no file written)."""
+
+    @property
+    def has_audio(self) -> bool:
+        return self.path is not None or self.wav is not None
 
 
 # -- codec resolution ------------------------------------------------------------------------------
@@ -232,9 +238,10 @@ class _BatchCache:
         self._budget = budget
         self._batches: dict[Path, RecordBatch] = {}
 
-    def scan(self, path: Path) -> Iterator[RecordBatch]:
+    def scan(self, spool: SpoolInfo) -> Iterator[RecordBatch]:
         """The batches of a spool, remembering a spool that is a single small batch."""
-        batches = iter_batches(path)
+        path, source = spool.path, spool.source
+        batches = iter_batches(source)
         first = next(batches, None)
         if first is None:
             return
@@ -247,11 +254,11 @@ class _BatchCache:
             yield second
             yield from batches
 
-    def read(self, path: Path) -> Iterator[RecordBatch]:
+    def read(self, spool: SpoolInfo) -> Iterator[RecordBatch]:
         """The batches of a spool, from memory when pass 1 kept them."""
-        cached = self._batches.get(path)
+        cached = self._batches.get(spool.path)
         if cached is None:
-            yield from iter_batches(path)
+            yield from iter_batches(spool.source)
         else:
             yield cached
 
@@ -327,7 +334,7 @@ def _scan_channel(
     for number, spool in enumerate(spools):
         state = _SpoolScan(number, spool, _CodecResolver(spool.codec_epochs))
         scan.decodable[number] = set()
-        for batch in cache.scan(spool.path):
+        for batch in cache.scan(spool):
             _scan_batch(scan, state, batch, start, end)
         scan.stats.extend(state.trackers.values())
     return scan
@@ -707,7 +714,7 @@ def _place_spool(
     resolver = _CodecResolver(spool.codec_epochs)
     placers: dict[int, _SsrcPlacer] = {}
     stop = min(end + END_GRACE_SECONDS, scan.zrtp_since.get(number, math.inf))
-    for arrival, data in iter_records(spool.path):
+    for arrival, data in iter_records(spool.source):
         if arrival < start or arrival > stop or is_rtcp(data):
             continue
         try:
@@ -819,7 +826,7 @@ class _FastPlacer:
         self.decoded = 0
 
     def run(self) -> int:
-        for batch in self.cache.read(self.spool.path):
+        for batch in self.cache.read(self.spool):
             self._batch(batch)
         return self.decoded
 
@@ -982,7 +989,7 @@ def _place_channel(
 
 
 def render_recording(
-    channels: Sequence[Sequence[SpoolInfo]], *, start: float, end: float, out_path: Path
+    channels: Sequence[Sequence[SpoolInfo]], *, start: float, end: float, out_path: Path, in_memory: bool = False
 ) -> RenderResult:
     """Render one WAV (s16le, one channel per entry of `channels`) covering wall time [start, end].
 
@@ -990,8 +997,11 @@ def render_recording(
     timestamp anchored on arrival time; the output rate is the highest audio rate among the codecs
     decoded. When no channel has decodable audio no file is written: `path` is None and
     `no_audio_reason` says why. Reads the spools, writes `out_path` (and temporary files beside it).
+    With `in_memory`, a WAV small enough to be assembled in memory is returned in `wav` instead of
+    being written (`path` None); a longer one is still written to `out_path`.
     """
     out_path = Path(out_path)
+    holder: list[bytes] | None = [] if in_memory else None
     cache = _BatchCache(IN_MEMORY_BYTES)
     scans = [_scan_channel(index, spools, start, end, cache) for index, spools in enumerate(channels)]
     rate = max((rate for scan in scans for rate in scan.rates), default=8000)
@@ -999,14 +1009,16 @@ def render_recording(
     placed = [_PlaceCounts() for _ in scans]
     path: Path | None = None
     if frames and any(scan.audio for scan in scans):
-        placed = _render_files(channels, scans, start, end, rate, frames, out_path, cache)
-        if any(counts.decoded for counts in placed):
-            path = out_path
-        else:
+        placed = _render_files(channels, scans, start, end, rate, frames, out_path, cache, holder)
+        if not any(counts.decoded for counts in placed):
+            holder = None
             out_path.unlink(missing_ok=True)
+        elif not holder:
+            path = out_path
+    wav = holder[0] if holder else None
     reports = tuple(_report(scan, counts) for scan, counts in zip(scans, placed, strict=True))
     reason = None
-    if path is None:
+    if path is None and wav is None:
         reasons = [report.no_audio_reason or "" for report in reports]
         if not frames and any(scan.audio for scan in scans):
             reason = "empty recording window"
@@ -1014,16 +1026,18 @@ def render_recording(
             reason = reasons[0]
         else:
             reason = "; ".join(f"channel {index}: {text}" for index, text in enumerate(reasons))
+    audio = path is not None or wav is not None
     return RenderResult(
         path=path,
         sample_rate=rate,
         channels=len(channels),
-        duration=frames / rate if path else 0.0,
+        duration=frames / rate if audio else 0.0,
         start=start,
-        frames=frames if path else 0,
+        frames=frames if audio else 0,
         channel_reports=reports,
         no_audio_reason=reason,
         early_media_packets=sum(scan.early for scan in scans),
+        wav=wav,
     )
 
 
@@ -1036,6 +1050,7 @@ def _render_files(
     frames: int,
     out_path: Path,
     cache: _BatchCache,
+    holder: list[bytes] | None = None,
 ) -> list[_PlaceCounts]:
     part = out_path.with_name(out_path.name + ".part")
     if 2 * frames * len(channels) <= IN_MEMORY_BYTES:
@@ -1046,6 +1061,9 @@ def _render_files(
                 if scan.audio else _PlaceCounts()
                 for index, (spools, scan) in enumerate(zip(channels, scans, strict=True))
             ]
+            if holder is not None:
+                holder.append(_wav_header(len(channels), rate, frames) + block.tobytes())
+                return placed
             with open(part, "wb") as wav:
                 wav.write(_wav_header(len(channels), rate, frames))
                 wav.write(block.data)

@@ -16,13 +16,14 @@ packet from Python only when it is irregular (CSRCs, header extension, padding, 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -45,6 +46,8 @@ _RECORD = struct.Struct("<dI")
 _RECORD_PACK = _RECORD.pack
 _LENGTH = struct.Struct("<I")
 _READ_CHUNK = 1 << 17
+#: Bytes a spool keeps in memory before it starts writing to its file (~10 s of one G.711 stream).
+MEMORY_LIMIT = 96 * 1024
 
 #: Codec epochs kept per spool (a re-INVITE storm must not grow memory).
 MAX_CODEC_EPOCHS = 64
@@ -153,6 +156,13 @@ class SpoolInfo:
     """Datagrams added."""
     payload_bytes: int
     """Sum of the datagrams' lengths."""
+    data: bytes | None = None
+    """The whole spool in memory when it never outgrew `StreamSpool`'s memory limit (no file)."""
+
+    @property
+    def source(self) -> Path | bytes:
+        """What the readers take: the bytes when in memory, else the file."""
+        return self.data if self.data is not None else self.path
 
 
 class StreamSpool:
@@ -165,6 +175,7 @@ class StreamSpool:
         "_buffer",
         "_epochs",
         "_limit",
+        "_spilled",
         "encrypted",
         "encryption",
         "packets",
@@ -172,10 +183,12 @@ class StreamSpool:
         "stream_id",
     )
 
-    def __init__(self, directory: Path, stream_id: str, *, buffer_limit: int = 16384) -> None:
+    def __init__(self, directory: Path, stream_id: str, *, buffer_limit: int = MEMORY_LIMIT) -> None:
         self.stream_id = stream_id
         self.path = Path(directory) / _spool_name(stream_id)
-        self.path.write_bytes(b"")
+        # Short streams never touch the disk: the buffer only spills once it passes `buffer_limit`,
+        # then goes on appending in `buffer_limit` steps, so memory per stream stays bounded.
+        self._spilled = False
         #: Set by the tracker for SRTP (SDP `a=crypto`, RTP/SAVP) or ZRTP media.
         self.encrypted = False
         self.encryption = "SRTP"
@@ -196,7 +209,10 @@ class StreamSpool:
     def _flush(self) -> None:
         if self._buffer:
             # Open, append, close: thousands of concurrent streams must not each hold a descriptor.
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            # The first spill truncates whatever an earlier spool of the same name left.
+            flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if self._spilled else os.O_TRUNC)
+            self._spilled = True
+            fd = os.open(self.path, flags, 0o600)
             try:
                 written = os.write(fd, self._buffer)
                 while written < len(self._buffer):
@@ -217,10 +233,16 @@ class StreamSpool:
             self._epochs.append(epoch)
 
     def finish(self) -> SpoolInfo:
-        """Flush what is buffered and describe the spool."""
-        self._flush()
-        size = self.path.stat().st_size if self.path.exists() else 0
+        """Describe the spool: in memory when it never spilled, else flushed to its file."""
+        data: bytes | None = None
+        if self._spilled:
+            self._flush()
+            size = self.path.stat().st_size if self.path.exists() else 0
+        else:
+            data = bytes(self._buffer)
+            size = len(data)
         return SpoolInfo(
+            data=data,
             path=self.path,
             stream_id=self.stream_id,
             codec_epochs=tuple(sorted(self._epochs, key=lambda epoch: epoch.since)),
@@ -375,11 +397,20 @@ def _batch(data: bytes, starts: IntArray, ends: IntArray) -> RecordBatch:
     )
 
 
-def iter_batches(path: Path, chunk_size: int = _READ_CHUNK) -> Iterator[RecordBatch]:
-    """The records of a spool file in batches of about `chunk_size` bytes; a torn last record is dropped."""
+def _open(source: Path | bytes) -> BinaryIO | None:
+    if isinstance(source, bytes):
+        return io.BytesIO(source)
     try:
-        spool = open(path, "rb")  # noqa: SIM115 - closed by the with below
+        return open(source, "rb")  # noqa: SIM115 - the callers close it
     except FileNotFoundError:
+        return None
+
+
+def iter_batches(source: Path | bytes, chunk_size: int = _READ_CHUNK) -> Iterator[RecordBatch]:
+    """The records of a spool (file or bytes) in batches of about `chunk_size` bytes; a torn last record
+    is dropped."""
+    spool = _open(source)
+    if spool is None:
         return
     with spool:
         carry = b""
@@ -394,11 +425,10 @@ def iter_batches(path: Path, chunk_size: int = _READ_CHUNK) -> Iterator[RecordBa
             carry = data[position:]
 
 
-def iter_records(path: Path) -> Iterator[tuple[float, memoryview]]:
+def iter_records(source: Path | bytes) -> Iterator[tuple[float, memoryview]]:
     """(arrival, datagram) one record at a time (the renderer's generic path); a torn last record is dropped."""
-    try:
-        spool = open(path, "rb")  # noqa: SIM115 - closed by the with below
-    except FileNotFoundError:
+    spool = _open(source)
+    if spool is None:
         return
     header = _RECORD.size
     with spool:

@@ -9,6 +9,7 @@ those indices. Nothing is reordered afterwards, so every cross reference stays v
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 from conversation import events as ev
 from conversation.model import Conversation, Leg
-from conversation.vcon import VCON_VERSION, b64url, content_hash_file, rfc3339, uuid8
+from conversation.vcon import VCON_VERSION, b64url, content_hash_bytes, content_hash_file, rfc3339, uuid8
 
 MediaStore = Callable[[Path, str, str], str]
 """``store(path, filename, mediatype) -> url`` for recordings kept outside the vCon."""
@@ -237,6 +238,21 @@ def _media(rec: ev.RecordingRef, options: AssemblyOptions) -> dict[str, Any]:
         out["url"] = rec.url
         if rec.content_hash:
             out["content_hash"] = rec.content_hash
+        return out
+    if rec.data is not None:
+        if options.inline_media or options.media_store is None:
+            out["encoding"] = "base64url"
+            out["body"] = b64url(rec.data)
+            return out
+        # An external store takes files: write the in-memory media to one first.
+        with tempfile.NamedTemporaryFile(suffix=os.path.splitext(filename or "")[1], delete=False) as fh:
+            fh.write(rec.data)
+        path = Path(fh.name)
+        try:
+            out["url"] = options.media_store(path, filename or path.name, rec.mediatype)
+            out["content_hash"] = content_hash_bytes(rec.data)
+        finally:
+            path.unlink(missing_ok=True)
         return out
     if rec.path is None:
         return out

@@ -71,6 +71,8 @@ class RecordingRef:
     mediatype: str = "audio/x-wav"
     path: str | None = None
     """Local file holding the media; the assembler inlines or stores it."""
+    data: bytes | None = None
+    """The media itself, when it was never written to a file (a short rendered call)."""
     url: str | None = None
     """External location when the media stays elsewhere; needs ``content_hash``."""
     content_hash: str | None = None

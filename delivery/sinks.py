@@ -164,8 +164,10 @@ class DirectorySink:
 
     suffix = ".vcon.json"
 
-    def __init__(self, path: Path | str, target: Target | None = None) -> None:
+    def __init__(self, path: Path | str, target: Target | None = None, *, durable: bool = True) -> None:
         self.path = Path(path)
+        #: False: still atomic (temp file + rename) but not fsynced; the OS writes it back later.
+        self.durable = durable
         self.target = target or Target(kind=TargetKind.DIRECTORY, key=f"dir:{self.path}", directory=self.path)
 
     def final_path(self, uuid: str) -> Path:
@@ -190,7 +192,8 @@ class DirectorySink:
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(body)
                     handle.flush()
-                    os.fsync(handle.fileno())
+                    if self.durable:
+                        os.fsync(handle.fileno())
             for tmp, final in staged:
                 os.replace(tmp, final)
         except BaseException:
@@ -198,7 +201,8 @@ class DirectorySink:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
             raise
-        _fsync_dir(self.path)
+        if self.durable:
+            _fsync_dir(self.path)
         return [final for _, final in staged]
 
     async def deliver(self, uuid: str, body: bytes) -> None:

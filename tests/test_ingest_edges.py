@@ -86,3 +86,18 @@ def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     text = err.getvalue()
     assert "nat.pcap [" in text and "%" in text
     assert text.endswith("\r\x1b[K")  # the bar is erased at the end
+
+
+def test_spliced_json_equals_json_dumps() -> None:
+    import json
+
+    from capture.ingest import dumps_vcon
+
+    body = "A-_z09" * 5000
+    vcon = {"vcon": "0.4.0", "uuid": "u", "dialog": [
+        {"type": "recording", "encoding": "base64url", "body": body, "mediatype": "audio/x-wav"},
+        {"type": "text", "encoding": "none", "body": "short é"},
+        {"type": "recording", "encoding": "base64url", "body": body[::-1]},
+    ], "parties": [{"name": "Zoë"}]}
+    assert dumps_vcon(vcon) == json.dumps(vcon, ensure_ascii=False, separators=(",", ":")).encode()
+    assert vcon["dialog"][0]["body"] == body  # the input is not modified
