@@ -50,12 +50,18 @@ class FileSummary:
     truncated_at: int | None = None
     error: str | None = None
     seconds: float = 0.0
+    tls_flows: int = 0
+    """SIP-over-TLS connections seen (unreadable passively)."""
 
     def line(self) -> str:
+        """``calls`` counts conversations: legs linked into one (B2BUA, transfers) count once."""
         text = (
             f"{self.path}: {self.calls} calls, {self.vcons} vCons written, "
             f"{self.packets} packets read, {self.skipped} packets skipped"
         )
+        if self.tls_flows:
+            text += (f", {self.tls_flows} SIP-over-TLS flows unreadable "
+                     "(--engine tshark --tls-keylog FILE reads them)")
         if self.truncated_at is not None:
             text += f" (truncated at byte {self.truncated_at})"
         return text
@@ -261,6 +267,7 @@ def ingest_file(
             stderr.write("\r\x1b[K")
     summary.vcons = completer.done
     summary.packets = packets
+    summary.tls_flows = tcp.tls_flows
     reasons: Counter[str] = Counter(decoder.skipped)
     for name, value in engine.counters.items():
         if name.startswith("sip-malformed") or name == "unmatched-datagrams":

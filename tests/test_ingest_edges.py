@@ -101,3 +101,26 @@ def test_spliced_json_equals_json_dumps() -> None:
     ], "parties": [{"name": "Zoë"}]}
     assert dumps_vcon(vcon) == json.dumps(vcon, ensure_ascii=False, separators=(",", ":")).encode()
     assert vcon["dialog"][0]["body"] == body  # the input is not modified
+
+
+def _tcp_frame(src: tuple[str, int], dst: tuple[str, int], seq: int, flags: int, payload: bytes) -> bytes:
+    def ip(a: str) -> bytes:
+        return bytes(int(x) for x in a.split("."))
+
+    tcp = struct.pack("!HHIIBBHHH", src[1], dst[1], seq, 0, 5 << 4, flags, 65535, 0, 0) + payload
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0, 64, 6, 0, ip(src[0]), ip(dst[0]))
+    return b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02\x08\x00" + hdr + tcp
+
+
+def test_sip_over_tls_is_counted_and_said(tmp_path: Path) -> None:
+    cap = tmp_path / "tls.pcap"
+    client, server = ("192.0.2.1", 40000), ("192.0.2.2", 5061)
+    hello = b"\x16\x03\x01\x00\x50" + bytes(80)  # a TLS handshake record
+    with open(cap, "wb") as fh:
+        w = PcapWriter(fh)
+        w.write(1.0, _tcp_frame(client, server, 1000, 0x02, b""))
+        w.write(1.1, _tcp_frame(client, server, 1001, 0x18, hello))
+        w.write(1.2, _tcp_frame(client, server, 1001 + len(hello), 0x18, b"\x17\x03\x03\x00\x10" + bytes(16)))
+    summary = ingest_file(cap, lambda v: None, IngestOptions(workers=0))
+    assert summary.tls_flows == 1 and summary.calls == 0
+    assert "1 SIP-over-TLS flows unreadable" in summary.line()
