@@ -139,8 +139,29 @@ def _scenario_args(name: str, workdir: Path, media_keyword: str) -> list[str]:
     return ["-sn", name]
 
 
-def run_calls(run: SippRun, workdir: Path, *, timeout: float = 90.0) -> None:
-    """Start a sipp UAS, place the calls with a sipp UAC, wait for both to finish."""
+def port_block(span: int = 4000) -> int:
+    """The base of ``span`` consecutive ports, chosen at random in 10000-31999 and checked free at a
+    few points, so one capture can be filtered to its own calls (other tests may share loopback)."""
+    import random
+
+    for _ in range(200):
+        base = random.randrange(10000, 32000 - span, 16)
+        try:
+            for port in (base, base + 1, base + 16, base + span // 2, base + span - 1):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise SippError("no free port block")
+
+
+def run_calls(run: SippRun, workdir: Path, *, timeout: float = 90.0, base: int | None = None) -> None:
+    """Start a sipp UAS, place the calls with a sipp UAC, wait for both to finish.
+
+    With ``base`` every port of the run lies in ``base .. base + 3999`` (SIP at base and base+1, the
+    callee's media from base+16, the caller's from base+2000); otherwise ports are picked free.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "pcap").mkdir(exist_ok=True)
     for name in ("g711a.pcap", "dtmf_2833_1.pcap"):
@@ -149,7 +170,10 @@ def run_calls(run: SippRun, workdir: Path, *, timeout: float = 90.0) -> None:
             shutil.copy(src, workdir / "pcap" / name)
     if not (workdir / "callee.pcap").exists():
         make_callee_pcap(workdir / "callee.pcap")
-    sip_uas, sip_uac, media_uas, media_uac = free_udp_ports(4, step=4)
+    if base is not None:
+        sip_uas, sip_uac, media_uas, media_uac = base, base + 1, base + 16, base + 2000
+    else:
+        sip_uas, sip_uac, media_uas, media_uac = free_udp_ports(4, step=4)
     common = ["-i", "127.0.0.1", "-t", run.transport, "-nostdin", "-trace_err"]
     uas = subprocess.Popen(
         ["sipp", *_scenario_args(run.uas_scenario, workdir, run.uas_media_port_keyword), *common,
@@ -181,10 +205,12 @@ def run_calls(run: SippRun, workdir: Path, *, timeout: float = 90.0) -> None:
 def capture_calls(runs: Sequence[SippRun], pcap_path: Path, workdir: Path) -> Path:
     """Run the batches one after the other while tcpdump captures loopback."""
     transports = {r.transport for r in runs}
-    filter_expr = "udp" if transports == {"u1"} else "udp or tcp"
-    with tcpdump_capture(pcap_path, filter_expr=filter_expr):
-        for i, run in enumerate(runs):
-            run_calls(run, workdir / f"run{i}")
+    proto = "udp" if transports == {"u1"} else "(udp or tcp)"
+    bases = [port_block() for _ in runs]
+    ranges = " or ".join(f"portrange {b}-{b + 3999}" for b in bases)
+    with tcpdump_capture(pcap_path, filter_expr=f"{proto} and ({ranges})"):
+        for i, (run, base) in enumerate(zip(runs, bases, strict=True)):
+            run_calls(run, workdir / f"run{i}", base=base)
     return pcap_path
 
 

@@ -7,7 +7,7 @@ blind transfer (REFER, then the transferee's INVITE to the target with Referred-
 The callee's audio is generated here: tones encoded as PCMA, G.722 (PyAV ``g722``) and Opus (PyAV
 ``libopus``), written as RTP pcaps that sipp's ``play_pcap_audio`` sends; the SDP of each scenario
 offers and answers the matching codec. Decoded channels are checked by their dominant frequency.
-baresip was not used (see docs/capture.md).
+baresip calls are in test_baresip.py.
 """
 
 from __future__ import annotations
