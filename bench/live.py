@@ -87,8 +87,9 @@ state_dir: {work / f'state-{rate}'}
 http: {{listen: 127.0.0.1:{port}}}
 log: {{level: warning}}
 """)
+    log = open(work / f"daemon-{rate}.log", "w")  # noqa: SIM115 - closed after the daemon exits
     daemon = subprocess.Popen([sys.executable, "-m", "vcon_capture.cli", "run", "--config", str(cfg)],
-                              stdout=subprocess.DEVNULL, stderr=open(work / f"daemon-{rate}.log", "w"))
+                              stdout=subprocess.DEVNULL, stderr=log)
     try:
         import httpx
 
@@ -104,7 +105,7 @@ log: {{level: warning}}
             time.sleep(0.2)
         started = time.monotonic()
         replay = subprocess.run(["tcpreplay", "-q", "-i", "lo", f"--pps={rate}", str(capture)],
-                                capture_output=True, text=True)
+                                capture_output=True, text=True, check=False)
         sent_in = time.monotonic() - started
         # wait for the vCons to stop coming
         last, stable_since = -1, time.monotonic()
@@ -120,6 +121,7 @@ log: {{level: warning}}
             daemon.wait(60)
         except subprocess.TimeoutExpired:
             daemon.kill()
+        log.close()
     live = load(out)
     complete = sum(1 for cid, (pk, audio) in baseline.items() if cid in live and live[cid] == (pk, audio) and audio)
     answered = sum(1 for (_, audio) in baseline.values() if audio)

@@ -401,7 +401,7 @@ def _open(source: Path | bytes) -> BinaryIO | None:
     if isinstance(source, bytes):
         return io.BytesIO(source)
     try:
-        return open(source, "rb")  # noqa: SIM115 - the callers close it
+        return open(source, "rb")
     except FileNotFoundError:
         return None
 

@@ -82,11 +82,11 @@ def test_yaml_syntax_error_gives_line(tmp_path: Path) -> None:
 
 def test_check_config_command(tmp_path: Path) -> None:
     ok = subprocess.run([sys.executable, "-m", "vcon_capture.cli", "check-config", str(EXAMPLE)],
-                        capture_output=True, text=True)
+                        capture_output=True, text=True, check=False)
     assert ok.returncode == 0 and "OK" in ok.stdout
     bad = write(tmp_path, "outputs: [/tmp/x]\ncapture:\n  ring_mb: lots\n")
     proc = subprocess.run([sys.executable, "-m", "vcon_capture.cli", "check-config", str(bad)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     assert proc.returncode == 2
     assert f"{bad}: capture.ring_mb: expected an integer" in proc.stderr
 
@@ -94,5 +94,5 @@ def test_check_config_command(tmp_path: Path) -> None:
 def test_run_with_bad_config_stops_before_starting(tmp_path: Path) -> None:
     bad = write(tmp_path, "outputs: [/tmp/x]\nnonsense: true\n")
     proc = subprocess.run([sys.executable, "-m", "vcon_capture.cli", "run", "--config", str(bad)],
-                          capture_output=True, text=True, timeout=30)
+                          capture_output=True, text=True, timeout=30, check=False)
     assert proc.returncode == 2 and "nonsense" in proc.stderr

@@ -97,7 +97,7 @@ def _metrics(port: int) -> dict[str, float]:
 def test_live_calls_arrive_upstream_even_when_it_was_down(
     daemon: tuple[subprocess.Popen[str], int, Path], upstream: FakeConserver
 ) -> None:
-    proc, port, tmp = daemon
+    _proc, port, tmp = daemon
     run_calls(SippRun("uac_pcap", "uas_audio.xml", calls=2, concurrent=2, rate=10), tmp / "sipp1")
     _wait(lambda: len(upstream.counts()) == 2, 30, "two vCons upstream")
     first = [a.body for a in upstream.accepted]

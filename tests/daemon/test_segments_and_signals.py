@@ -70,7 +70,7 @@ def test_long_call_is_recorded_in_segments() -> None:
     assert abs(total - (end - (t0 + 0.5))) < 0.05  # the segments tile the call without gaps
     frames = 0
     for d in recordings:
-        rate, ch0, ch1 = wav_channels(b64url_decode(d["body"]))
+        _rate, ch0, ch1 = wav_channels(b64url_decode(d["body"]))
         frames += len(ch0)
         assert ch0.any() and ch1.any()  # each segment holds both sides' audio
     assert abs(frames / 8000 - total) < 0.01

@@ -55,7 +55,7 @@ def alaw_encode(samples: np.ndarray) -> bytes:
         exp = np.where((exp == 0) & (mag >= (1 << (e + 4))), e, exp)
     mant = np.where(exp == 0, (mag >> 1) & 0x0F, (mag >> exp) & 0x0F)
     code = (sign | (exp << 4) | mant) ^ 0x55
-    return code.astype(np.uint8).tobytes()
+    return bytes(code.astype(np.uint8).tobytes())
 
 
 def tone(freq: float, seconds: float, rate: int = 8000, amplitude: float = 8000.0) -> np.ndarray:
