@@ -706,6 +706,7 @@ def _parse_head(data: bytes, start: int) -> _Head:
     headers: list[tuple[str, str]] = []
     mandatory: dict[str, str] = {}
     content_length: int | None = None
+    length_at: tuple[int, int] | None = None  # (index in headers, byte offset) of the first Content-Length
     folded = False
     for line in lines[1:]:
         advance = len(line) + 1
@@ -730,8 +731,8 @@ def _parse_head(data: bytes, start: int) -> _Head:
             value = value.strip(" \t")
             if canon in _MANDATORY_SET and canon not in mandatory:
                 mandatory[canon] = value
-            elif canon == "Content-Length" and content_length is None:
-                content_length = _parse_content_length(value, _byte_offset(text, pos, start))
+            elif canon == "Content-Length" and length_at is None:
+                length_at = (len(headers), _byte_offset(text, pos, start))
             headers.append((canon, value))
         pos += advance
     if folded:
@@ -739,6 +740,9 @@ def _parse_head(data: bytes, start: int) -> _Head:
         for name, value in headers:
             if name in _MANDATORY_SET and name not in mandatory:
                 mandatory[name] = value
+    if length_at is not None:
+        # Read after the loop: a fold may continue Content-Length too (RFC 3261 §7.3.1).
+        content_length = _parse_content_length(headers[length_at[0]][1], length_at[1])
     return _Head(method, uri, status, reason, headers, m.end(), content_length, mandatory)
 
 

@@ -184,8 +184,12 @@ class _Reader:
 
 def load_config(path: Path) -> DaemonConfig:
     """Read and validate ``path``; raises ConfigError (or OSError when unreadable)."""
-    text = path.read_text()
+    raw = path.read_bytes()
     file = str(path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError("(yaml)", f"not UTF-8 at byte {exc.start}", file=file) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

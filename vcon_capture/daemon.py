@@ -32,7 +32,7 @@ from capture.ingest import IngestOptions
 from conversation.assembler import AssemblyOptions
 from vcon_capture.config import ADAPTERS, DaemonConfig, load_config
 from vcon_capture.errors import ConfigError
-from vcon_capture.http import MetricRow, build_app
+from vcon_capture.http import MetricRow, ServerGuard, ServerLimits, build_app
 from vcon_capture.pipeline import Pipeline, Signer
 
 log = structlog.get_logger("vcon_capture.daemon")
@@ -118,6 +118,7 @@ class Daemon:
         self.outbox: Any = None
         self.started = time.time()
         self.stopping = False
+        self.http_guard = ServerGuard(ServerLimits())
 
     async def run(self, stop: asyncio.Event | None = None) -> int:
         config = self.config
@@ -158,8 +159,8 @@ class Daemon:
         if config.http.listen is not None:
             routes = [r for s in self.services.values() for r in s.routes()]
             app = build_app(routes=routes, metrics=self.metric_rows, health=self.health,
-                            max_body=config.http.max_body)
-            runner = web.AppRunner(app, access_log=None)
+                            max_body=config.http.max_body, guard=self.http_guard)
+            runner = web.AppRunner(app, access_log=None, **self.http_guard.limits.runner_kwargs())
             await runner.setup()
             host, port = config.http.host_port
             await web.TCPSite(runner, host, port).start()

@@ -218,7 +218,7 @@ def _parse_block(block: bytes, start: int, *, follows: bool) -> AmiMessage:
     output: list[str] = []
     pos = start
     for i, raw in enumerate(lines):
-        line = raw.removesuffix("\r")
+        line = raw.rstrip("\r")  # "\r\r\n" is a line end with a stray CR, not a value ending in CR
         if follows and i > 0:
             key = line.split(":", 1)[0].lower()
             if not output and key in ("privilege", "actionid") and ":" in line:
