@@ -22,7 +22,8 @@ from the caller (a packet timestamp, or the loop clock live).
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+import heapq
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import unquote
@@ -229,6 +230,8 @@ class CallTracker:
     """Follows every SIP call in a stream of messages."""
 
     def __init__(self, options: CallOptions | None = None, *, max_calls: int = 100_000) -> None:
+        self._deadlines: list[tuple[float, int, SipCall]] = []
+        self._seq = 0
         self.options = options or CallOptions()
         self.max_calls = max_calls
         self.calls: dict[str, SipCall] = {}
@@ -278,23 +281,59 @@ class CallTracker:
             out.extend(self._handle_response(call, msg, now))
         return out
 
-    def next_deadline(self) -> float | None:
-        deadlines = [c.deadline for c in self.calls.values() if c.deadline is not None]
-        return min(deadlines) if deadlines else None
+    def _arm(self, call: SipCall, deadline: float) -> None:
+        """Set the call's next deadline; a heap keeps them in order (stale entries are skipped later)."""
+        if call.state is CallState.CONFIRMED and call.answered_at is not None:
+            # However much RTP keeps flowing, a call ends at its absolute maximum length.
+            deadline = min(deadline, call.answered_at + self.options.max_call_duration)
+        call.deadline = deadline
+        self._seq += 1
+        heapq.heappush(self._deadlines, (deadline, self._seq, call))
+        if len(self._deadlines) > 4 * len(self.calls) + 1024:
+            self._deadlines = [(c.deadline, i, c) for i, c in enumerate(self.calls.values()) if c.deadline is not None]
+            heapq.heapify(self._deadlines)
 
-    def handle_timer(self, now: float) -> list[CallOutput]:
-        """Expire lingering and timed-out calls whose deadline is at or before ``now``."""
+    def _live(self, entry: tuple[float, int, SipCall]) -> bool:
+        deadline, _, call = entry
+        return call.deadline == deadline and self.calls.get(call.call_id) is call
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline of any call (O(log n): a heap with lazy deletion)."""
+        heap = self._deadlines
+        while heap and not self._live(heap[0]):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def handle_timer(self, now: float, activity: Callable[[SipCall], float] | None = None) -> list[CallOutput]:
+        """Expire lingering and timed-out calls whose deadline is at or before ``now``.
+
+        ``activity(call)`` gives the last time media was seen for an answered call: a call still
+        receiving RTP is re-armed (``touch_media``) instead of timing out.
+        """
         out: list[CallOutput] = []
-        for call in list(self.calls.values()):
-            if call.deadline is not None and call.deadline <= now:
-                out.extend(self._expire(call, now))
+        heap = self._deadlines
+        due: list[SipCall] = []
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            if self._live(entry):
+                due.append(entry[2])
+        for call in due:
+            if call.deadline is None or call.deadline > now or self.calls.get(call.call_id) is not call:
+                continue
+            if activity is not None and call.state is CallState.CONFIRMED:
+                last = activity(call)
+                if last > call.last_activity:
+                    self.touch_media(call, last)
+                    if call.deadline is not None and call.deadline > now:
+                        continue
+            out.extend(self._expire(call, now))
         return out
 
     def touch_media(self, call: SipCall, now: float) -> None:
-        """RTP arrived for ``call``: it is alive (pushes the idle timeout)."""
+        """RTP arrived for ``call``: it is alive (pushes the idle timeout, never past the maximum)."""
         call.last_activity = now
         if call.state is CallState.CONFIRMED:
-            call.deadline = now + self.options.rtp_idle_timeout
+            self._arm(call, now + self.options.rtp_idle_timeout)
 
     def finish_all(self, now: float, reason: str = "end-of-capture") -> list[CallOutput]:
         """End every call still open (end of file, shutdown)."""
@@ -319,7 +358,7 @@ class CallTracker:
             last_activity=now,
             first_invite=msg,
         )
-        call.deadline = now + self.options.invite_timeout
+        self._arm(call, now + self.options.invite_timeout)
         self.calls[call.call_id] = call
         self.counters["calls"] += 1
         subject = msg.header("Subject")
@@ -461,7 +500,7 @@ class CallTracker:
                 call.final_status = None
                 call.final_reason = None
                 call.ended_at = None
-                call.deadline = now + self.options.invite_timeout
+                self._arm(call, now + self.options.invite_timeout)
             if out:
                 call.pending_offer_side = side
             return out
@@ -492,7 +531,7 @@ class CallTracker:
             call.ended_at = now
             call.ended_by = side
         call.state = CallState.TERMINATING
-        call.deadline = now + self.options.linger
+        self._arm(call, now + self.options.linger)
         return []
 
     def _handle_cancel(self, call: SipCall, msg: SipMessage, now: float) -> list[CallOutput]:
@@ -504,7 +543,7 @@ class CallTracker:
         if call.ended_at is None:
             call.ended_at = now
         call.state = CallState.FAILED
-        call.deadline = now + self.options.linger
+        self._arm(call, now + self.options.linger)
         return []
 
     def _handle_info(self, call: SipCall, msg: SipMessage, now: float) -> list[CallOutput]:
@@ -613,7 +652,7 @@ class CallTracker:
             call.answered_at = now
             call.callee_tag = msg.to_tag
             call.state = CallState.CONFIRMED
-            call.deadline = now + self.options.rtp_idle_timeout
+            self._arm(call, now + self.options.rtp_idle_timeout)
             ua = msg.header("User-Agent") or msg.header("Server")
             if ua:
                 call.user_agents[CALLEE] = ua
@@ -640,7 +679,7 @@ class CallTracker:
                 call.ended_at = now
             call.state = CallState.FAILED
             wait = self.options.auth_wait if status in (401, 407) else self.options.linger
-            call.deadline = now + wait
+            self._arm(call, now + wait)
         return out
 
     # -- ending --------------------------------------------------------------------------------
@@ -649,7 +688,7 @@ class CallTracker:
         if call.state is CallState.TERMINATING or call.state is CallState.FAILED:
             return self._finish(call, partial=False, reason="completed", now=call.ended_at or now)
         if call.state is CallState.CONFIRMED:
-            if now - (call.answered_at or now) >= self.options.max_call_duration:
+            if now - (call.answered_at or now) >= self.options.max_call_duration - 1e-6:
                 return self._finish(call, partial=True, reason="max-duration", now=now)
             return self._finish(call, partial=True, reason="rtp-timeout", now=call.last_activity)
         return self._finish(call, partial=True, reason="signalling-timeout", now=call.last_activity)

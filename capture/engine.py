@@ -330,15 +330,14 @@ class CaptureEngine:
         return True
 
     def _run_timers(self, now: float) -> None:
-        for call in list(self.tracker.calls.values()):
-            if call.deadline is not None and call.deadline <= now and call.state is CallState.CONFIRMED:
-                last = max((r.last for r in self.call_routes.get(call.call_id, ())), default=0.0)
-                if last > call.last_activity:
-                    self.tracker.touch_media(call, last)
-        self._apply(self.tracker.handle_timer(now), now)
+        self._apply(self.tracker.handle_timer(now, self._last_media), now)
         if self.linker is not None:
             self.finished.extend(self.linker.handle_timer(now))
         self._update_deadline()
+
+    def _last_media(self, call: SipCall) -> float:
+        """When RTP last arrived for ``call`` (its routes record it on the fast path)."""
+        return max((r.last for r in self.call_routes.get(call.call_id, ())), default=0.0)
 
     def _apply(self, outputs: list[CallOutput], now: float) -> None:
         for out in outputs:

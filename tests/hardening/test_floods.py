@@ -98,10 +98,6 @@ def test_call_without_bye_ends_by_rtp_idle_timer(tmp_path: Path) -> None:
     assert ended_at is not None and 19 + 30 <= ended_at <= 20 + 30 + 2  # last RTP + idle
 
 
-@pytest.mark.xfail(strict=True, reason="capture/calls.py touch_media (line ~297) pushes the deadline by "
-                   "rtp_idle_timeout on every RTP burst without capping it at answered_at + max_call_duration, "
-                   "so a call with RTP flowing never reaches _expire's max-duration check (owned by the engine "
-                   "engineer)")
 def test_call_without_bye_ends_at_max_duration_while_rtp_flows(tmp_path: Path) -> None:
     _, done, ended_at = floods.call_without_bye(tmp_path, seconds_of_rtp=0, idle=30, max_duration=120,
                                                  rtp_until_end=True)
