@@ -418,6 +418,7 @@ class CallTracker:
             return
         if len(call.trace) >= self.options.max_trace_messages:
             call.trace_dropped += 1
+            self.counters["trace-messages-dropped"] = self.counters.get("trace-messages-dropped", 0) + 1
             return
         side = self._side_of(call, msg) if call.caller_tag is not None else CALLER
         item: dict[str, Any] = {

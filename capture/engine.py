@@ -314,6 +314,8 @@ class CaptureEngine:
         if len(candidates) != 1:
             if len(self.unmatched) < 65536:
                 self.unmatched[key] = 1
+            else:
+                self.counters["unmatched-table-full"] += 1
             if len(candidates) > 1:
                 self.counters["ambiguous-rtp"] += 1
             return False

@@ -267,6 +267,9 @@ class Daemon:
                 ("vcon_capture_calls_evicted_total", "counter", "Calls ended early by the tracked-calls cap", {},
                  s["evicted_calls"]),
             ]
+            for name, value in sorted(self.sniffer.all_counters().items()):
+                rows.append(("vcon_capture_capture_events_total", "counter",
+                             "Capture counters: skips by reason, caps hit, SIP messages", {"counter": name}, value))
         if p is not None:
             rows += [
                 ("vcon_capture_vcons_built_total", "counter", "vCons built and put into the outbox", {},

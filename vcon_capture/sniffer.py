@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import structlog
@@ -161,3 +161,16 @@ class Sniffer:
             "active_calls": self.engine.active_calls,
             "evicted_calls": self.engine.tracker.counters["evicted"],
         }
+
+    def all_counters(self) -> dict[str, int]:
+        """Every capture counter by name: decode skips by reason, caps hit (streams, unmatched RTP
+        table, TCP flows and gaps, oversized SIP and WebSocket messages, trace messages), SIP seen."""
+        out: dict[str, int] = {}
+        sources: tuple[Mapping[str, int], ...] = (
+            self.decoder.skipped, self.engine.counters, self.tcp.counters, self.engine.tracker.counters, self.counters,
+        )
+        for source in sources:
+            for name, value in source.items():
+                out[name] = out.get(name, 0) + int(value)
+        out["tls-flows"] = self.tcp.tls_flows
+        return out

@@ -118,6 +118,8 @@ def test_live_calls_arrive_upstream_even_when_it_was_down(
     assert m["vcon_capture_delivery_failures_total"] >= 1
     assert m["vcon_capture_packets_total"] > 1500
     assert m["vcon_capture_kernel_drops_total"] == 0 and m["vcon_capture_own_drops_total"] == 0
+    assert m['vcon_capture_capture_events_total{counter="sip-datagrams"}'] >= 18  # 3 calls x 6 messages
+    assert m.get('vcon_capture_capture_events_total{counter="streams-capped"}', 0) == 0
     upstream.resume()
     _wait(lambda: len(upstream.counts()) == 3, 60, "the third vCon after the upstream returned")
     assert max(upstream.counts().values()) == 1
