@@ -62,6 +62,13 @@ class CaptureConfig:
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
     max_calls: int = 100_000
     """Tracked calls at most; the oldest is ended as partial beyond it."""
+    link_legs: bool = True
+    """Put legs of one call (B2BUA legs, transfers) into one vCon."""
+    correlation_headers: tuple[str, ...] | None = None
+    """Headers that link B2BUA legs (None = the default list: X-CID, X-Call-ID, P-Charging-Vector,
+    Session-ID)."""
+    transfer_wait: float = 32.0
+    """Seconds a blind transfer's REFER waits for the transferee's new INVITE."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +303,16 @@ def _capture(r: _Reader) -> CaptureConfig:
     )
     t.done()
     max_calls = r.int_("max_calls", 100_000, minimum=1)
+    link = r.data.pop("link_legs", True)
+    if not isinstance(link, bool):
+        raise r.error("link_legs", f"expected true or false, got {link!r}")
+    headers_raw = r.data.pop("correlation_headers", None)
+    headers: tuple[str, ...] | None = None
+    if headers_raw is not None:
+        if not isinstance(headers_raw, list) or not all(isinstance(h, str) and h for h in headers_raw):
+            raise r.error("correlation_headers", f"expected a list of header names, got {headers_raw!r}")
+        headers = tuple(headers_raw)
+    transfer_wait = r.num("transfer_wait", 32.0)
     r.done()
     if watch is not None:
         done = done or watch / "done"
@@ -303,7 +320,8 @@ def _capture(r: _Reader) -> CaptureConfig:
     return CaptureConfig(
         interfaces=tuple(interfaces), filter=bpf, ring_mb=ring, watch=watch, watch_done=done,
         watch_failed=failed, watch_action=action, watch_interval=interval, segment_seconds=segment,
-        timeouts=timeouts, max_calls=max_calls,
+        timeouts=timeouts, max_calls=max_calls, link_legs=link, correlation_headers=headers,
+        transfer_wait=transfer_wait,
     )
 
 

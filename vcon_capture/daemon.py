@@ -73,7 +73,11 @@ def engine_options(config: DaemonConfig) -> EngineOptions:
     t = config.capture.timeouts
     calls = CallOptions(linger=t.linger, invite_timeout=t.invite, rtp_idle_timeout=t.rtp_idle,
                         max_call_duration=t.max_call)
-    return EngineOptions(calls=calls, max_calls=config.capture.max_calls)
+    options = EngineOptions(calls=calls, max_calls=config.capture.max_calls, link_legs=config.capture.link_legs,
+                            transfer_wait=config.capture.transfer_wait)
+    if config.capture.correlation_headers is not None:
+        options.correlation_headers = config.capture.correlation_headers
+    return options
 
 
 def assembly_options(config: DaemonConfig) -> AssemblyOptions:

@@ -96,3 +96,23 @@ def test_run_with_bad_config_stops_before_starting(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "vcon_capture.cli", "run", "--config", str(bad)],
                           capture_output=True, text=True, timeout=30, check=False)
     assert proc.returncode == 2 and "nonsense" in proc.stderr
+
+
+def test_leg_linking_keys_reach_the_engine(tmp_path: Path) -> None:
+    from vcon_capture.daemon import engine_options
+
+    config = load_config(write(tmp_path, """
+outputs: [/tmp/x]
+capture:
+  link_legs: false
+  correlation_headers: [X-Leg-Id]
+  transfer_wait: 5
+  timeouts: {rtp_idle: 60, max_call: 600}
+"""))
+    options = engine_options(config)
+    assert options.link_legs is False and options.correlation_headers == ("X-Leg-Id",)
+    assert options.transfer_wait == 5.0
+    assert options.calls.rtp_idle_timeout == 60.0 and options.calls.max_call_duration == 600.0
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "outputs: [/tmp/x]\ncapture:\n  correlation_headers: X-CID\n"))
+    assert info.value.path == "capture.correlation_headers"
