@@ -94,12 +94,14 @@ def timed(cmd: list[str]) -> tuple[float, int]:
     return elapsed, int(usage.ru_maxrss)
 
 
-def ours(capture: Path, workers: str | None) -> tuple[float, int]:
+def ours(capture: Path, workers: str | None, fsync: bool = True) -> tuple[float, int]:
     out = Path(tempfile.mkdtemp(prefix="bench-vcons-"))
     try:
         cmd = [sys.executable, "-m", "vcon_capture.cli", "ingest", str(capture), "--out", str(out), "--no-progress"]
         if workers is not None:
             cmd += ["--workers", workers]
+        if not fsync:
+            cmd.append("--no-fsync")
         # The worker's RSS is reported through the ingest process's children usage: take the larger.
         wrapper = [sys.executable, str(Path(__file__).resolve().parent / "rss.py"), *cmd]
         elapsed, rss = timed(wrapper)
@@ -128,6 +130,7 @@ def main() -> None:
                     help="benchmark one synthetic call of this length instead")
     ap.add_argument("--keep", type=Path, help="keep the generated capture here")
     ap.add_argument("--no-tshark", action="store_true")
+    ap.add_argument("--no-fsync", action="store_true", help="pass --no-fsync to ingest")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
@@ -151,7 +154,7 @@ def main() -> None:
         for _ in range(args.runs):
             if not args.no_tshark:
                 tshark_times.append(theirs(capture))
-            t, r = ours(capture, args.workers)
+            t, r = ours(capture, args.workers, fsync=not args.no_fsync)
             our_times.append(t)
             rss.append(r)
         best = min(our_times)

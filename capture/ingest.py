@@ -12,6 +12,7 @@ import collections
 import concurrent.futures
 import json
 import multiprocessing
+import os
 import shutil
 import sys
 import tempfile
@@ -211,7 +212,10 @@ def ingest_file(
     started = time.monotonic()
     reader = open_capture(path)
     size = reader.size or 0
-    workers = opts.workers if opts.workers is not None else (1 if size > 32 * 1024 * 1024 else 0)
+    # Large files: audio workers beside the packet loop (two on a two-core machine: the loop is
+    # done first, then both cores finish the calls); small files: inline, no process start-up.
+    auto = min(2, os.cpu_count() or 1) if size > 32 * 1024 * 1024 else 0
+    workers = opts.workers if opts.workers is not None else auto
     show_progress = opts.progress if opts.progress is not None else (
         stderr is not None and stderr.isatty() and size > 16 * 1024 * 1024
     )

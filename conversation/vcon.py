@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import uuid as uuidlib
 from datetime import UTC, datetime
@@ -32,7 +33,9 @@ def uuid8(domain: str, *, at: float, discriminator: str) -> str:
 
 def b64url(data: bytes) -> str:
     """Unpadded base64url, as the vCon ``base64url`` encoding requires."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    # Two replace() scans are cheaper than translate() over a recording's worth of text.
+    text = binascii.b2a_base64(data, newline=False).rstrip(b"=")
+    return text.replace(b"+", b"-").replace(b"/", b"_").decode("ascii")
 
 
 def b64url_decode(text: str) -> bytes:
