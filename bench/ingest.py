@@ -7,13 +7,12 @@
 
 Makes the capture with sipp on loopback (tcpdump; needs root) unless --capture is given, then runs
 each tool `--runs` times and reports the best time, the ratio tshark time / our time, packets per
-second and our peak RSS (the largest of our process and its worker, from wait4 rusage).
+second and our peak RSS (summed over our process and its audio workers, sampled from /proc).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import struct
 import subprocess
@@ -83,15 +82,17 @@ def count_packets(path: Path) -> int:
 
 
 def timed(cmd: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of the largest process in the command's tree."""
+    """Wall seconds, and peak RSS (KiB) of the command's process tree when run through rss.py."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
     elapsed = time.perf_counter() - start
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{cmd[0]} failed: {err[-2000:]}")
-    return elapsed, int(usage.ru_maxrss)
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd[0]} failed: {proc.stderr[-2000:]}")
+    peak = 0
+    for line in proc.stderr.splitlines():
+        if line.startswith("peak_tree_rss_kib="):
+            peak = int(line.split("=", 1)[1])
+    return elapsed, peak
 
 
 def ours(capture: Path, workers: str | None, fsync: bool = True) -> tuple[float, int]:
@@ -102,7 +103,6 @@ def ours(capture: Path, workers: str | None, fsync: bool = True) -> tuple[float,
             cmd += ["--workers", workers]
         if not fsync:
             cmd.append("--no-fsync")
-        # The worker's RSS is reported through the ingest process's children usage: take the larger.
         wrapper = [sys.executable, str(Path(__file__).resolve().parent / "rss.py"), *cmd]
         elapsed, rss = timed(wrapper)
         vcons = len(list(out.glob("*.vcon.json")))

@@ -8,7 +8,9 @@ counted and skipped; a file that is not a capture raises :class:`~capture.pcapio
 
 from __future__ import annotations
 
+import binascii
 import collections
+import dataclasses
 import concurrent.futures
 import json
 import multiprocessing
@@ -18,7 +20,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -30,7 +32,7 @@ from capture.engine import CaptureEngine, EngineOptions, FinishedCall
 from capture.netlayers import PacketDecoder
 from capture.pcapio import CaptureError, open_capture
 from capture.tcp import TcpSipReassembler
-from conversation.assembler import AssemblyOptions
+from conversation.assembler import AssemblyOptions, DeferredBody
 
 log = structlog.get_logger("vcon_capture.ingest")
 
@@ -95,6 +97,10 @@ def _write_vcon(write_dir: Path, vcon: dict[str, Any], durable: bool = True) -> 
     global _WRITER
     from delivery.sinks import DirectorySink
 
+    if any(isinstance(d.get("body"), DeferredBody) for d in vcon.get("dialog", ())):
+        # A long recording: stream it into the file here (flat memory), not through a writer thread.
+        DirectorySink(write_dir, durable=durable).write_stream_sync(str(vcon["uuid"]), vcon_chunks(vcon))
+        return
     body = dumps_vcon(vcon)
     if not durable:
         # Without fsync a write is a copy into the page cache: cheaper here than a thread hand-off,
@@ -106,6 +112,34 @@ def _write_vcon(write_dir: Path, vcon: dict[str, Any], durable: bool = True) -> 
     _WRITES.append(_WRITER.submit(DirectorySink(write_dir, durable=durable).write_sync, str(vcon["uuid"]), body))
     while len(_WRITES) > _MAX_PENDING_WRITES:
         _WRITES.popleft().result()
+
+
+def vcon_chunks(vcon: dict[str, Any]) -> Iterator[bytes]:
+    """The vCon's compact JSON in pieces, streaming deferred recordings from their files.
+
+    A :class:`~conversation.assembler.DeferredBody` is encoded 192 KiB at a time (a multiple of 3
+    bytes, so only the last piece can need padding, which unpadded base64url drops): memory stays
+    flat however long the recording.
+    """
+    deferred: list[DeferredBody] = []
+    dialogs = []
+    for d in vcon.get("dialog", ()):
+        if isinstance(d.get("body"), DeferredBody):
+            deferred.append(d["body"])
+            d = dict(d, body=f"@@vcon-capture-deferred-{len(deferred) - 1}@@")
+        dialogs.append(d)
+    text = dumps_vcon(dict(vcon, dialog=dialogs)) if deferred else dumps_vcon(vcon)
+    for i, body in enumerate(deferred):
+        marker = f'"@@vcon-capture-deferred-{i}@@"'.encode("ascii")
+        head, _, text = text.partition(marker)
+        yield head + b'"'
+        with open(body.path, "rb") as fh:
+            while block := fh.read(3 * 65536):
+                yield binascii.b2a_base64(block, newline=False).rstrip(b"=").replace(b"+", b"-").replace(b"/", b"_")
+        yield b'"'
+        if body.remove_after_use:
+            Path(body.path).unlink(missing_ok=True)
+    yield text
 
 
 def dumps_vcon(vcon: dict[str, Any]) -> bytes:
@@ -144,9 +178,9 @@ def complete_job(
     job: FinishedCall, options: AssemblyOptions, now: float, write_dir: Path | None, durable: bool = True
 ) -> dict[str, Any] | str:
     """Build the vCon; with ``write_dir`` queue it for writing there and return only its uuid."""
-    vcon = complete_call(job, options, now)
     if write_dir is None:
-        return vcon
+        return complete_call(job, options, now)
+    vcon = complete_call(job, dataclasses.replace(options, defer_media=True), now)
     _write_vcon(write_dir, vcon, durable)
     return str(vcon["uuid"])
 

@@ -39,6 +39,35 @@ class AssemblyOptions:
     """Configured lawful-basis attachment body (draft-howe-vcon-lawful-basis); never invented."""
     remove_rendered_media: bool = True
     """Delete recordings marked ``remove_after_use`` once they are in the vCon."""
+    defer_media: bool = False
+    """Leave large inline recordings as :class:`DeferredBody` markers (the file is read later by a
+    writer that streams it), so a long call's vCon never needs its whole recording in memory."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeferredBody:
+    """An inline ``base64url`` body still in a file: :func:`materialize` or a streaming writer fills it."""
+
+    path: str
+    remove_after_use: bool
+
+    def text(self) -> str:
+        return b64url(Path(self.path).read_bytes())
+
+
+DEFER_ABOVE = 4 * 1024 * 1024
+"""Recordings larger than this (bytes) are deferred when ``defer_media`` is set."""
+
+
+def materialize(vcon: dict[str, Any]) -> dict[str, Any]:
+    """Replace every DeferredBody by its base64url text (removing files marked for it)."""
+    for d in vcon.get("dialog", ()):
+        body = d.get("body")
+        if isinstance(body, DeferredBody):
+            d["body"] = body.text()
+            if body.remove_after_use:
+                Path(body.path).unlink(missing_ok=True)
+    return vcon
 
 
 @dataclass(slots=True)
@@ -259,6 +288,9 @@ def _media(rec: ev.RecordingRef, options: AssemblyOptions) -> dict[str, Any]:
     path = Path(rec.path)
     if options.inline_media or options.media_store is None:
         out["encoding"] = "base64url"
+        if options.defer_media and path.stat().st_size > DEFER_ABOVE:
+            out["body"] = DeferredBody(str(path), rec.remove_after_use and options.remove_rendered_media)
+            return out
         out["body"] = b64url(path.read_bytes())
     else:
         out["url"] = options.media_store(path, filename or path.name, rec.mediatype)

@@ -179,6 +179,28 @@ class DirectorySink:
         """Write one vCon atomically and durably; returns its final path."""
         return self.write_many_sync([(uuid, body)])[0]
 
+    def write_stream_sync(self, uuid: str, chunks: Iterable[bytes]) -> Path:
+        """Write one vCon from pieces (a long recording streamed in), with the same atomicity."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        final = self.final_path(uuid)
+        tmp = str(self.path / f".{uuid}.{os.getpid()}.{threading.get_ident()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for chunk in chunks:
+                    handle.write(chunk)
+                handle.flush()
+                if self.durable:
+                    os.fsync(handle.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        if self.durable:
+            _fsync_dir(self.path)
+        return final
+
     def write_many_sync(self, items: Iterable[tuple[str, bytes]]) -> list[Path]:
         """Write many vCons: each temp file is written and fsynced, then all are renamed, then the
         directory is fsynced once (one directory fsync per batch instead of per file)."""

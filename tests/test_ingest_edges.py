@@ -124,3 +124,31 @@ def test_sip_over_tls_is_counted_and_said(tmp_path: Path) -> None:
     summary = ingest_file(cap, lambda v: None, IngestOptions(workers=0))
     assert summary.tls_flows == 1 and summary.calls == 0
     assert "1 SIP-over-TLS flows unreadable" in summary.line()
+
+
+def test_long_recording_is_streamed_into_the_vcon_file(tmp_path: Path) -> None:
+    import json
+    import tracemalloc
+
+    from bench.ingest import make_long_call
+    from conversation.vcon import b64url_decode
+
+    cap = tmp_path / "long.pcap"
+    make_long_call(cap, 600)  # 10 minutes: a 19 MB stereo WAV, 26 MB of base64url
+    out = tmp_path / "out"
+    tracemalloc.start()
+    summary = ingest_file(cap, lambda v: None, IngestOptions(workers=0, write_dir=out, fsync=False))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert summary.vcons == 1
+    (path,) = out.glob("*.vcon.json")
+    vcon = json.loads(path.read_text())
+    validate_vcon(vcon)
+    d = vcon["dialog"][0]
+    wav = b64url_decode(d["body"])
+    assert len(wav) == 44 + d["duration"] * 8000 * 4
+    assert peak < 12 * 1024 * 1024  # far below the recording's size: it was never held whole
+    # The same call handed to a handler (no streaming) gives the same body.
+    vcons: list[dict[str, Any]] = []
+    ingest_file(cap, vcons.append, IngestOptions(workers=0))
+    assert vcons[0]["dialog"][0]["body"] == d["body"]
