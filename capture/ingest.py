@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import binascii
 import collections
-import dataclasses
 import concurrent.futures
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -95,7 +95,7 @@ def _write_vcon(write_dir: Path, vcon: dict[str, Any], durable: bool = True) -> 
     """Write one vCon file on a writer thread: each file is still fsynced before its rename, but
     several fsyncs in flight share journal commits (about 10x the files per second of one by one)."""
     global _WRITER
-    from delivery.sinks import DirectorySink
+    from delivery.atomic import AtomicDirectory as DirectorySink
 
     if any(isinstance(d.get("body"), DeferredBody) for d in vcon.get("dialog", ())):
         # A long recording: stream it into the file here (flat memory), not through a writer thread.

@@ -20,10 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import os
-import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -31,6 +29,7 @@ import httpx
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 
+from .atomic import AtomicDirectory
 from .targets import Target, TargetKind
 
 __all__ = [
@@ -158,76 +157,14 @@ class Sink(Protocol):
     async def aclose(self) -> None: ...
 
 
-class DirectorySink:
+class DirectorySink(AtomicDirectory):
     """``<uuid>.vcon.json`` files, each written atomically: temp file in the same directory, fsync,
-    rename, fsync of the directory. A reader never sees a partial file."""
-
-    suffix = ".vcon.json"
+    rename, fsync of the directory. A reader never sees a partial file. (The writing itself is
+    :class:`delivery.atomic.AtomicDirectory`, which imports nothing heavy.)"""
 
     def __init__(self, path: Path | str, target: Target | None = None, *, durable: bool = True) -> None:
-        self.path = Path(path)
-        #: False: still atomic (temp file + rename) but not fsynced; the OS writes it back later.
-        self.durable = durable
+        super().__init__(path, durable=durable)
         self.target = target or Target(kind=TargetKind.DIRECTORY, key=f"dir:{self.path}", directory=self.path)
-
-    def final_path(self, uuid: str) -> Path:
-        if not uuid or "/" in uuid or "\\" in uuid or uuid.startswith("."):
-            raise ValueError(f"not a usable file name: {uuid!r}")
-        return self.path / f"{uuid}{self.suffix}"
-
-    def write_sync(self, uuid: str, body: bytes) -> Path:
-        """Write one vCon atomically and durably; returns its final path."""
-        return self.write_many_sync([(uuid, body)])[0]
-
-    def write_stream_sync(self, uuid: str, chunks: Iterable[bytes]) -> Path:
-        """Write one vCon from pieces (a long recording streamed in), with the same atomicity."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        final = self.final_path(uuid)
-        tmp = str(self.path / f".{uuid}.{os.getpid()}.{threading.get_ident()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                for chunk in chunks:
-                    handle.write(chunk)
-                handle.flush()
-                if self.durable:
-                    os.fsync(handle.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        if self.durable:
-            _fsync_dir(self.path)
-        return final
-
-    def write_many_sync(self, items: Iterable[tuple[str, bytes]]) -> list[Path]:
-        """Write many vCons: each temp file is written and fsynced, then all are renamed, then the
-        directory is fsynced once (one directory fsync per batch instead of per file)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        staged: list[tuple[str, Path]] = []
-        try:
-            for uuid, body in items:
-                final = self.final_path(uuid)
-                # A name unique to this process and file (O_EXCL), cheaper than mkstemp's random tries.
-                tmp = str(self.path / f".{uuid}.{os.getpid()}.{threading.get_ident()}.tmp")
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
-                staged.append((tmp, final))
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(body)
-                    handle.flush()
-                    if self.durable:
-                        os.fsync(handle.fileno())
-            for tmp, final in staged:
-                os.replace(tmp, final)
-        except BaseException:
-            for tmp, _ in staged:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-            raise
-        if self.durable:
-            _fsync_dir(self.path)
-        return [final for _, final in staged]
 
     async def deliver(self, uuid: str, body: bytes) -> None:
         with map_sink_errors(self.target):
@@ -235,14 +172,6 @@ class DirectorySink:
 
     async def aclose(self) -> None:
         return None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class HttpSink:

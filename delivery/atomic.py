@@ -1,0 +1,93 @@
+"""Atomic, optionally durable files in a directory: ``<uuid>.vcon.json``.
+
+Each file is written to a temp name in the same directory, fsynced, renamed into place, and the
+directory fsynced: a reader never sees a partial file. This module imports nothing beyond the
+standard library, so the ingest workers can write vCons without loading the network clients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+
+class AtomicDirectory:
+    suffix = ".vcon.json"
+
+    def __init__(self, path: Path | str, *, durable: bool = True) -> None:
+        self.path = Path(path)
+        #: False: still atomic (temp file + rename) but not fsynced; the OS writes it back later.
+        self.durable = durable
+
+    def final_path(self, uuid: str) -> Path:
+        if not uuid or "/" in uuid or "\\" in uuid or uuid.startswith("."):
+            raise ValueError(f"not a usable file name: {uuid!r}")
+        return self.path / f"{uuid}{self.suffix}"
+
+    def _temp(self, uuid: str) -> tuple[int, str]:
+        # A name unique to this process and thread (O_EXCL), cheaper than mkstemp's random tries.
+        tmp = str(self.path / f".{uuid}.{os.getpid()}.{threading.get_ident()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        return fd, tmp
+
+    def write_sync(self, uuid: str, body: bytes) -> Path:
+        """Write one vCon atomically (and durably unless ``durable`` is off); returns its path."""
+        return self.write_stream_sync(uuid, (body,))
+
+    def write_stream_sync(self, uuid: str, chunks: Iterable[bytes]) -> Path:
+        """Write one vCon from pieces (a long recording streamed in), with the same atomicity."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        final = self.final_path(uuid)
+        fd, tmp = self._temp(uuid)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for chunk in chunks:
+                    handle.write(chunk)
+                handle.flush()
+                if self.durable:
+                    os.fsync(handle.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        if self.durable:
+            fsync_dir(self.path)
+        return final
+
+    def write_many_sync(self, items: Iterable[tuple[str, bytes]]) -> list[Path]:
+        """Write many vCons: each temp file written (and fsynced), then all renamed, then one
+        directory fsync for the batch."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        staged: list[tuple[str, Path]] = []
+        try:
+            for uuid, body in items:
+                final = self.final_path(uuid)
+                fd, tmp = self._temp(uuid)
+                staged.append((tmp, final))
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(body)
+                    handle.flush()
+                    if self.durable:
+                        os.fsync(handle.fileno())
+            for tmp, final in staged:
+                os.replace(tmp, final)
+        except BaseException:
+            for tmp, _ in staged:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            raise
+        if self.durable:
+            fsync_dir(self.path)
+        return [final for _, final in staged]
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
