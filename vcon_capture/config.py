@@ -199,6 +199,8 @@ def load_config(path: Path) -> DaemonConfig:
         raise ConfigError("(yaml)", f"not UTF-8 at byte {exc.start}", file=file) from None
     try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError("(yaml)", "nested too deeply", file=file) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "?"

@@ -102,7 +102,7 @@ class AmiMessage:
 
     def __bytes__(self) -> bytes:
         lines = [f"{k}: {v}" for k, v in self.fields]
-        if self.kind == "response" and self.name.lower() == "follows":
+        if self.kind == "response" and self.name.strip().lower() == "follows":
             lines.extend(self.output)
             lines.append(_END_COMMAND)
         return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
@@ -204,8 +204,16 @@ class AmiFramer:
 
 
 def _is_follows(buf: bytearray) -> bool:
-    head = bytes(buf[:32]).lower()
-    return head.startswith((b"response: follows\r\n", b"response: follows\n"))
+    """Is this block a ``Response: Follows`` (command output up to ``--END COMMAND--``)?
+
+    Decided on the parsed first line, whatever the spacing, so that the framer and
+    ``AmiMessage.__bytes__`` agree on which blocks carry raw output (found by fuzzing).
+    """
+    end = buf.find(b"\n", 0, 64)
+    if end < 0:
+        return False
+    key, sep, value = bytes(buf[:end]).partition(b":")
+    return bool(sep) and key.strip().lower() == b"response" and value.strip().lower() == b"follows"
 
 
 def _parse_block(block: bytes, start: int, *, follows: bool) -> AmiMessage:

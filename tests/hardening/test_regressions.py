@@ -44,3 +44,27 @@ def test_ami_value_never_ends_in_a_stray_cr() -> None:
     again.feed(bytes(msg))
     back = again.next_message()
     assert isinstance(back, AmiMessage) and back.fields == msg.fields
+
+
+def test_ami_follows_is_recognised_whatever_the_spacing() -> None:
+    """fuzz_ami (long run): ``Response:follows`` (no space) was framed as a plain block but written
+    back as a Follows block, so a second ``Response:`` line became command output on re-reading."""
+    from adapters.asterisk.ami import AmiFramer, AmiMessage
+
+    framer = AmiFramer(expect_greeting=False)
+    framer.feed(b"Response:follows\nResponse:\n--END COMMAND--\r\n\r\n")
+    msg = framer.next_message()
+    assert isinstance(msg, AmiMessage)
+    assert msg.name.strip().lower() == "follows" and msg.output == ("Response:",)
+    again = AmiFramer(expect_greeting=False)
+    again.feed(bytes(msg))
+    assert again.next_message() == msg
+
+
+def test_deeply_nested_yaml_is_a_config_error(tmp_path: Path) -> None:
+    """fuzz_config (long run): a YAML nested thousands deep raised RecursionError from the loader."""
+    path = tmp_path / "c.yaml"
+    path.write_text("[" * 5000 + "]" * 5000)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.path == "(yaml)" and "nested too deeply" in err.value.message
