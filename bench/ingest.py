@@ -7,7 +7,7 @@
 
 Makes the capture with sipp on loopback (tcpdump; needs root) unless --capture is given, then runs
 each tool `--runs` times and reports the best time, the ratio tshark time / our time, packets per
-second and our peak RSS (summed over our process and its audio workers, sampled from /proc).
+second and our peak memory (PSS summed over our process and its audio workers, sampled from /proc).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def count_packets(path: Path) -> int:
 
 
 def timed(cmd: list[str]) -> tuple[float, int]:
-    """Wall seconds, and peak RSS (KiB) of the command's process tree when run through rss.py."""
+    """Wall seconds, and peak memory (PSS, KiB) of the command's process tree when run through rss.py."""
     start = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
     elapsed = time.perf_counter() - start
@@ -90,7 +90,7 @@ def timed(cmd: list[str]) -> tuple[float, int]:
         raise SystemExit(f"{cmd[0]} failed: {proc.stderr[-2000:]}")
     peak = 0
     for line in proc.stderr.splitlines():
-        if line.startswith("peak_tree_rss_kib="):
+        if line.startswith("peak_tree_pss_kib="):
             peak = int(line.split("=", 1)[1])
     return elapsed, peak
 
@@ -106,7 +106,7 @@ def ours(capture: Path, workers: str | None, fsync: bool = True) -> tuple[float,
         wrapper = [sys.executable, str(Path(__file__).resolve().parent / "rss.py"), *cmd]
         elapsed, rss = timed(wrapper)
         vcons = len(list(out.glob("*.vcon.json")))
-        print(f"  ours: {elapsed:.2f} s, {vcons} vCons, peak RSS {rss / 1024:.0f} MiB", flush=True)
+        print(f"  ours: {elapsed:.2f} s, {vcons} vCons, peak memory (PSS of the process tree) {rss / 1024:.0f} MiB", flush=True)
         return elapsed, rss
     finally:
         shutil.rmtree(out, ignore_errors=True)
@@ -159,7 +159,7 @@ def main() -> None:
             rss.append(r)
         best = min(our_times)
         print(f"packets/s (ours, best of {args.runs}): {packets / best:,.0f}")
-        print(f"peak RSS (ours): {max(rss) / 1024:.0f} MiB")
+        print(f"peak memory (PSS) (ours): {max(rss) / 1024:.0f} MiB")
         if tshark_times:
             print(f"tshark best {min(tshark_times):.2f} s, ours best {best:.2f} s, "
                   f"ratio tshark/ours = {min(tshark_times) / best:.2f}")
