@@ -102,7 +102,7 @@ class AmiMessage:
 
     def __bytes__(self) -> bytes:
         lines = [f"{k}: {v}" for k, v in self.fields]
-        if self.kind == "response" and self.name.strip().lower() == "follows":
+        if self.kind == "response" and _is_follows_value(self.name):
             lines.extend(self.output)
             lines.append(_END_COMMAND)
         return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
@@ -206,14 +206,20 @@ class AmiFramer:
 def _is_follows(buf: bytearray) -> bool:
     """Is this block a ``Response: Follows`` (command output up to ``--END COMMAND--``)?
 
-    Decided on the parsed first line, whatever the spacing, so that the framer and
-    ``AmiMessage.__bytes__`` agree on which blocks carry raw output (found by fuzzing).
+    Decided on the first line decoded and split exactly as :func:`_parse_block` does, with the
+    test :meth:`AmiMessage.__bytes__` uses, so that the framer and the serialiser always agree on
+    which blocks carry raw output (found by fuzzing: spacing, long lines, Unicode whitespace).
     """
-    end = buf.find(b"\n", 0, 64)
+    end = buf.find(b"\n")
     if end < 0:
         return False
-    key, sep, value = bytes(buf[:end]).partition(b":")
-    return bool(sep) and key.strip().lower() == b"response" and value.strip().lower() == b"follows"
+    line = bytes(buf[:end]).decode("utf-8", "replace").rstrip("\r")
+    key, sep, value = line.partition(":")
+    return bool(sep) and key.strip().lower() == "response" and _is_follows_value(value.removeprefix(" "))
+
+
+def _is_follows_value(value: str) -> bool:
+    return value.strip().lower() == "follows"
 
 
 def _parse_block(block: bytes, start: int, *, follows: bool) -> AmiMessage:

@@ -68,3 +68,19 @@ def test_deeply_nested_yaml_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert err.value.path == "(yaml)" and "nested too deeply" in err.value.message
+
+
+def test_ami_follows_decided_on_the_whole_first_line() -> None:
+    """fuzz_ami (long run, second find): a first line longer than the old 64-byte look-ahead, or with
+    other whitespace around ``follows``, was framed plainly but written back as a Follows block."""
+    from adapters.asterisk.ami import AmiFramer, AmiMessage
+
+    for first in (b"Response:" + b" " * 80 + b"follows", b"Response:\tFollows\t"):
+        framer = AmiFramer(expect_greeting=False)
+        framer.feed(first + b"\nKey: v\n--END COMMAND--\r\n\r\n")
+        msg = framer.next_message()
+        assert isinstance(msg, AmiMessage) and msg.output == ("Key: v",)
+        again = AmiFramer(expect_greeting=False)
+        again.feed(bytes(msg))
+        back = again.next_message()
+        assert isinstance(back, AmiMessage) and back.fields == msg.fields and back.output == msg.output
