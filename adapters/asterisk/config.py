@@ -33,11 +33,17 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from adapters.configfields import boolean as _bool
+from adapters.configfields import check_keys as _check_keys
+from adapters.configfields import env_name as _env_name
+from adapters.configfields import integer as _int
+from adapters.configfields import seconds as _seconds
+from adapters.configfields import secret as _secret
+from adapters.configfields import string as _string
 from vcon_capture.errors import ConfigError
 
 __all__ = ["AmiConfig", "AriConfig", "AsteriskConfig", "RecordingsConfig"]
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NAME = re.compile(r"^[^:\s]+$")
 _APP = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
@@ -293,56 +299,15 @@ def _recordings(data: Any, path: str) -> RecordingsConfig:
     )
 
 
-# -- helpers ---------------------------------------------------------------------------------------
 
 
-def _check_keys(data: Any, path: str, allowed: set[str]) -> None:
-    if not isinstance(data, Mapping):
-        raise ConfigError(path, "expected a mapping")
-    for key in data:
-        if key not in allowed:
-            raise ConfigError(f"{path}.{key}", "unknown key")
 
 
-def _secret(env_name: str, key_path: str, environ: Mapping[str, str] | None) -> str:
-    env = os.environ if environ is None else environ
-    value = env.get(env_name)
-    if not value:
-        raise ConfigError(key_path, f"environment variable {env_name} is not set")
-    return value
 
 
-def _string(value: Any, path: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(path, "expected a non-empty string")
-    return value.strip()
 
 
-def _env_name(value: Any, path: str) -> str:
-    text = _string(value, path)
-    if not _ENV_NAME.match(text):
-        raise ConfigError(path, "expected an environment variable name")
-    return text
 
 
-def _bool(data: Mapping[str, Any], key: str, default: bool, path: str) -> bool:
-    value = data.get(key, default)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{path}.{key}", "expected true or false")
-    return value
 
 
-def _int(
-    data: Mapping[str, Any], key: str, default: int, path: str, low: int, high: int, *, what: str = ""
-) -> int:
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(f"{path}.{key}", f"expected {what or f'an integer {low}-{high}'}")
-    return value
-
-
-def _seconds(data: Mapping[str, Any], key: str, default: float, path: str, *, minimum: float = 0.0) -> float:
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not minimum <= value <= 10_000_000:
-        raise ConfigError(f"{path}.{key}", f"expected a number of seconds >= {minimum:g}")
-    return float(value)

@@ -15,20 +15,23 @@ it, read by :meth:`TwilioConfig.auth_token` when the service starts.
 
 from __future__ import annotations
 
-import math
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from adapters.configfields import boolean as _bool
+from adapters.configfields import env_name as _env_name
+from adapters.configfields import integer as _int
+from adapters.configfields import seconds as _seconds
+from adapters.configfields import secret as _secret
+from adapters.configfields import string as _string
 from vcon_capture.errors import ConfigError
 
 __all__ = ["TwilioConfig"]
 
 _ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _KEYS = frozenset(
     {
         "account_sid",
@@ -176,24 +179,10 @@ class TwilioConfig:
         )
 
 
-def _secret(env_name: str, key_path: str, environ: Mapping[str, str] | None) -> str:
-    env = os.environ if environ is None else environ
-    value = env.get(env_name)
-    if not value:
-        raise ConfigError(key_path, f"environment variable {env_name} is not set")
-    return value
 
 
-def _string(value: Any, path: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(path, "expected a non-empty string")
-    return value.strip()
 
 
-def _env_name(value: str, path: str) -> str:
-    if not _ENV_NAME.match(value):
-        raise ConfigError(path, "expected an environment variable name")
-    return value
 
 
 def _http_url(value: Any, path: str, *, allow_path: bool) -> str:
@@ -207,25 +196,3 @@ def _http_url(value: Any, path: str, *, allow_path: bool) -> str:
         raise ConfigError(path, "expected scheme://host[:port] only")
     return text.rstrip("/")
 
-
-def _seconds(data: Mapping[str, Any], key: str, default: float, path: str, *, minimum: float = 0.0) -> float:
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= minimum:
-        raise ConfigError(f"{path}.{key}", f"expected a number of seconds >= {minimum:g}")
-    if not math.isfinite(value):
-        raise ConfigError(f"{path}.{key}", "expected a finite number of seconds")
-    return float(value)
-
-
-def _int(data: Mapping[str, Any], key: str, default: int, path: str, lo: int, hi: int) -> int:
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ConfigError(f"{path}.{key}", f"expected an integer {lo}-{hi}")
-    return value
-
-
-def _bool(data: Mapping[str, Any], key: str, default: bool, path: str) -> bool:
-    value = data.get(key, default)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{path}.{key}", "expected true or false")
-    return value
