@@ -351,22 +351,23 @@ class TelephoneEvent:
 # -- wrap helpers ---------------------------------------------------------------------------------
 
 
-class _Unwrapper:
+class Unwrapper:
     """Extend an N-bit counter to an int, choosing the candidate closest to the highest value seen."""
 
-    __slots__ = ("_bits", "_half", "_highest", "_mask")
+    __slots__ = ("_bits", "_half", "_mask", "highest")
 
     def __init__(self, bits: int) -> None:
         self._bits = bits
         self._mask = (1 << bits) - 1
         self._half = 1 << (bits - 1)
-        self._highest: int | None = None
+        #: Highest extended value returned so far.
+        self.highest: int | None = None
 
     def unwrap(self, value: int) -> int:
         """Return the extended value: monotonic across wraps, negative deltas for late packets."""
-        highest = self._highest
+        highest = self.highest
         if highest is None:
-            self._highest = value
+            self.highest = value
             return value
         # Signed distance from the highest value so far, in (-half, half].
         delta = (value - highest) & self._mask
@@ -374,16 +375,11 @@ class _Unwrapper:
             delta -= self._mask + 1
         extended = highest + delta
         if delta > 0:
-            self._highest = extended
+            self.highest = extended
         return extended
 
-    @property
-    def highest(self) -> int | None:
-        """Highest extended value returned so far."""
-        return self._highest
 
-
-class SequenceUnwrapper(_Unwrapper):
+class SequenceUnwrapper(Unwrapper):
     """RTP sequence numbers (16 bit, RFC 3550 §5.1) to a monotonic int."""
 
     __slots__ = ()
@@ -392,7 +388,7 @@ class SequenceUnwrapper(_Unwrapper):
         super().__init__(16)
 
 
-class TimestampUnwrapper(_Unwrapper):
+class TimestampUnwrapper(Unwrapper):
     """RTP timestamps (32 bit, RFC 3550 §5.1) to a monotonic int."""
 
     __slots__ = ()
