@@ -259,8 +259,6 @@ class StreamSpool:
 _HEADER_DTYPE = np.dtype([("first", "u1"), ("second", "u1"), ("seq", ">u2"), ("ts", ">u4"), ("ssrc", ">u4")])
 _HEADER_BYTES = np.arange(12, dtype=np.int64)
 _ARRIVAL_BYTES = np.arange(-12, -4, dtype=np.int64)
-_LENGTH_BYTES = np.arange(-4, 0, dtype=np.int64)
-_LENGTH_WEIGHTS = np.array([1, 1 << 8, 1 << 16, 1 << 24], dtype=np.int64)
 #: Constant-length runs shorter than this are walked record by record (a numpy call costs ~µs).
 _MIN_RUN = 16
 _MAX_RUN = 2048
@@ -314,7 +312,10 @@ def _record_starts(data: bytes, buf: ByteArray) -> tuple[IntArray, int]:
             count = min((end - position) // stride, _MAX_RUN)
             if count >= _MIN_RUN:
                 starts = position + 12 + stride * np.arange(count, dtype=np.int64)
-                lengths = buf[starts[:, None] + _LENGTH_BYTES] @ _LENGTH_WEIGHTS
+                # The records of a constant-length run are rows of one strided view: their length
+                # fields are a column, read without fancy indexing (several times faster).
+                block = buf[position : position + stride * count].reshape(count, stride)
+                lengths = block[:, 8:12].copy().view("<u4").ravel()
                 mismatched = np.flatnonzero(lengths != length)
                 run = int(mismatched[0]) if len(mismatched) else count
                 if single:
