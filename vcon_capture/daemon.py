@@ -245,7 +245,7 @@ class Daemon:
     def health(self) -> dict[str, Any]:
         body: dict[str, Any] = {"stopping": self.stopping}
         if self.sniffer is not None:
-            alive = all(t.is_alive() for t in self.sniffer.threads)
+            alive = self.sniffer.alive()
             body["capture"] = "ok" if alive else "stopped"
             if not alive and not self.stopping:
                 body["status"] = "degraded"

@@ -1,17 +1,16 @@
 """The daemon's live sniffer: kernel rings in, finished calls out to the pipeline.
 
-One thread per interface reads batches from its ring (:class:`capture.live.LiveSource`); one engine
-thread owns the :class:`~capture.engine.CaptureEngine` (it is not thread-safe) and consumes those
-batches from a bounded queue. An empty batch is an idle tick, so call timers (BYE linger, RTP
-idle, max duration) fire on the wall clock even when nothing arrives. Finished calls are handed to
-the event loop with ``call_soon_threadsafe``. When the queue is full the reader drops the batch and
-counts it (``own_drops``): the kernel ring is where bursts should wait, not Python memory.
+:class:`capture.live.LiveCapture` runs one reader thread per interface, each feeding batches from its
+ring into a bounded queue (a full queue drops the batch and counts it as our own drop: bursts wait in
+the kernel ring, not in Python memory). One engine thread here owns the
+:class:`~capture.engine.CaptureEngine` (it is not thread-safe) and consumes the queue. An empty batch
+is an idle tick, so call timers (BYE linger, RTP idle, max duration) fire on the wall clock even when
+nothing arrives. Finished calls go to the event loop with ``call_soon_threadsafe``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import queue
 import tempfile
 import threading
 import time
@@ -26,8 +25,6 @@ from capture.netlayers import PacketDecoder
 from capture.tcp import TcpSipReassembler
 
 log = structlog.get_logger("vcon_capture.sniffer")
-
-Batch = list[tuple[float, int, bytes]]
 
 
 class Sniffer:
@@ -54,57 +51,44 @@ class Sniffer:
         self.segment_seconds = segment_seconds
         self.decoder = PacketDecoder()
         self.tcp = TcpSipReassembler(self.engine)
-        self.queue: queue.Queue[Batch] = queue.Queue(maxsize=queue_batches)
+        self.queue_batches = queue_batches
+        self.capture: object | None = None
         self.stop_event = threading.Event()
-        self.sources: list[object] = []
         self.threads: list[threading.Thread] = []
         self.counters: Counter[str] = Counter()
-        self.own_drops = 0
         self.packets = 0
         self.bytes = 0
 
     def start(self) -> None:
-        from capture.live import LiveSource
+        from capture.live import LiveCapture
 
-        for name in self.interfaces:
-            source = LiveSource(name, bpf=self.bpf, ring_mb=self.ring_mb)
-            source.open()
-            self.sources.append(source)
-            t = threading.Thread(target=self._read_loop, args=(source,), name=f"ring-{name}", daemon=True)
-            self.threads.append(t)
-        engine_thread = threading.Thread(target=self._engine_loop, name="engine", daemon=True)
-        self.threads.append(engine_thread)
-        for t in self.threads:
-            t.start()
+        capture = LiveCapture(self.interfaces, self.bpf, ring_mb=self.ring_mb, queue_batches=self.queue_batches)
+        self.capture = capture
+        capture.start()
+        engine_thread = threading.Thread(target=self._engine_loop, args=(capture,), name="engine", daemon=True)
+        engine_thread.start()
+        self.threads = [engine_thread]
         log.info("sniffer.started", interfaces=list(self.interfaces), filter=self.bpf, ring_mb=self.ring_mb)
 
-    def _read_loop(self, source: object) -> None:
-        read = source.read_batch  # type: ignore[attr-defined]
-        while not self.stop_event.is_set():
-            try:
-                batch = read(0.2)
-            except Exception as exc:  # noqa: BLE001 - a dying ring must be logged, not silent
-                log.error("sniffer.read_failed", error=repr(exc))
-                self.counters["read-errors"] += 1
-                time.sleep(1.0)
-                continue
-            try:
-                self.queue.put_nowait(batch)
-            except queue.Full:
-                self.own_drops += len(batch)
+    def _engine_loop(self, capture: object) -> None:
+        from capture.live import LiveCaptureError
 
-    def _engine_loop(self) -> None:
+        get = capture.get  # type: ignore[attr-defined]
+        pending = capture.queue  # type: ignore[attr-defined]
         engine = self.engine
         decode = self.decoder.decode
         handle = engine.handle_datagram
         fast = engine.handle_frame
         tcp = self.tcp
         last_tick = 0.0
-        while not self.stop_event.is_set() or not self.queue.empty():
+        while not self.stop_event.is_set() or not pending.empty():
             try:
-                batch = self.queue.get(timeout=0.2)
-            except queue.Empty:
+                batch = get(0.2)
+            except LiveCaptureError as exc:
+                log.error("sniffer.read_failed", error=str(exc))
+                self.counters["read-errors"] += 1
                 batch = []
+                time.sleep(1.0)
             self.packets += len(batch)
             for ts, linktype, frame in batch:
                 self.bytes += len(frame)
@@ -132,32 +116,35 @@ class Sniffer:
             self.loop.call_soon_threadsafe(self.on_call, job)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop reading, end open calls as partial (they reach ``on_call``), join the threads."""
+        """Stop the ring readers, let the engine drain what they queued and end open calls as
+        partial (they reach ``on_call``), then join it."""
+        if self.capture is not None and not self.capture.stop(timeout):  # type: ignore[attr-defined]
+            log.warning("sniffer.stop_timeout", interfaces=list(self.interfaces))
         self.stop_event.set()
-        deadline = time.monotonic() + timeout
-        for t in self.threads:
-            t.join(max(deadline - time.monotonic(), 0.1))
-        if any(t.is_alive() for t in self.threads):
-            log.warning("sniffer.stop_timeout", alive=[t.name for t in self.threads if t.is_alive()])
-            return  # a reader may still be inside its ring: leave the rings to process exit
-        for source in self.sources:
-            source.close()  # type: ignore[attr-defined]
+        if self.threads:
+            self.threads[0].join(timeout)
+
+    def alive(self) -> bool:
+        """The engine thread and every ring reader are running."""
+        readers = getattr(self.capture, "threads", [])
+        return all(t.is_alive() for t in self.threads) and all(r.alive for r in readers)
 
     def stats(self) -> dict[str, int]:
         kernel_drops = 0
         kernel_packets = 0
-        for source in self.sources:
-            st = source.stats()  # type: ignore[attr-defined]
-            kernel_drops += int(st.kernel_drops)
-            kernel_packets += int(st.packets)
-        skipped = sum(self.decoder.skipped.values())
+        own_drops = 0
+        if self.capture is not None:
+            for st in self.capture.stats().values():  # type: ignore[attr-defined]
+                kernel_drops += int(st.kernel_drops)
+                kernel_packets += int(st.packets)
+            own_drops = int(self.capture.own_drops)  # type: ignore[attr-defined]
         return {
             "packets": self.packets,
             "bytes": self.bytes,
             "kernel_packets": kernel_packets,
             "kernel_drops": kernel_drops,
-            "own_drops": self.own_drops,
-            "skipped": skipped,
+            "own_drops": own_drops,
+            "skipped": sum(self.decoder.skipped.values()),
             "active_calls": self.engine.active_calls,
             "evicted_calls": self.engine.tracker.counters["evicted"],
         }
