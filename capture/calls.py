@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 import heapq
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import unquote
@@ -906,7 +906,7 @@ def sip_trace_attachment(call: SipCall, *, end: float) -> ev.AttachmentAdded:
     body: dict[str, Any] = {
         "version": "1.0",
         "call_id": call.call_id,
-        "messages": [dict(m, timestamp=_iso(m["timestamp"])) for m in call.trace],
+        "messages": [dict(m, timestamp=rfc3339(m["timestamp"])) for m in call.trace],
     }
     if call.trace_dropped:
         body["messages_dropped"] = call.trace_dropped
@@ -921,11 +921,3 @@ def sip_trace_attachment(call: SipCall, *, end: float) -> ev.AttachmentAdded:
         party=CALLER,
     )
 
-
-def _iso(t: float) -> str:
-    return rfc3339(t)
-
-
-def iter_codecs(endpoints: Iterable[MediaEndpoint]) -> Iterable[CodecInfo]:
-    for e in endpoints:
-        yield from e.codecs
