@@ -40,6 +40,7 @@ from capture.calls import (
     sip_trace_attachment,
 )
 from capture.correlation import DEFAULT_CORRELATION_HEADERS, LegLinker, LinkOptions
+from capture.handoff import HandOffArena
 from capture.netlayers import Datagram
 from capture.recorder import CodecSpec, SpoolInfo, StreamSpool
 from capture.sip import SipMessage, SipParseError, looks_like_sip, parse_datagram
@@ -129,6 +130,11 @@ class CaptureEngine:
         self.counters: Counter[str] = Counter()
         self._next_deadline: float | None = None
         self.now = 0.0
+        self.arena: HandOffArena | None = None
+        self.hand_off: Path | None = None
+        """Where finished in-memory spools go when the renderer runs in another process: the arena
+        (shared memory), else a file in ``hand_off`` (see :meth:`StreamSpool.finish`); None = they
+        stay in the job as bytes."""
         self.segments: dict[str, list[RenderJob]] = {}
         self.segment_start: dict[str, float] = {}
         self.linker: LegLinker | None = None
@@ -254,7 +260,7 @@ class CaptureEngine:
         codecs = self._codec_map(call)
         for route in routes:
             if route.packets:
-                infos.append((route.channel, route.spool.finish()))
+                infos.append((route.channel, route.spool.finish(arena=self.arena, hand_off=self.hand_off)))
             n = len(self.segments.get(call.call_id, ())) + 1
             fresh = StreamSpool(self.work_dir, f"{route.spool.stream_id}-s{n}")
             fresh.set_codecs(start, codecs)
@@ -458,14 +464,18 @@ class CaptureEngine:
             )
         renders = self.segments.pop(call.call_id, [])
         start = self.segment_start.pop(call.call_id, call.answered_at)
-        infos = [(r.channel, r.spool.finish()) for r in routes if r.packets > 0]
         if call.answered and start is not None:
+            infos = [(r.channel, r.spool.finish(arena=self.arena, hand_off=self.hand_off))
+                     for r in routes if r.packets > 0]
             ch0 = tuple(info for ch, info in infos if ch == 0)
             ch1 = tuple(info for ch, info in infos if ch == 1)
             suffix = f"-{len(renders)}" if renders else ""
             out = self.work_dir / f"{_UNSAFE.sub('_', call.call_id)[:80]}{suffix}.wav"
             renders.append(RenderJob((ch0, ch1), start, max(call.ended_at or self.now, start), str(out),
                                      leg=call.call_id))
+        else:
+            for route in routes:  # never answered: no recording (its early media is reported in events)
+                route.spool.discard()
         job = FinishedCall(
             key=call.key,
             leg=call.call_id,

@@ -8,9 +8,9 @@ counted and skipped; a file that is not a capture raises :class:`~capture.pcapio
 
 from __future__ import annotations
 
-import binascii
 import collections
 import concurrent.futures
+import ctypes
 import dataclasses
 import json
 import multiprocessing
@@ -29,10 +29,12 @@ import structlog
 
 from capture.complete import complete_call
 from capture.engine import CaptureEngine, EngineOptions, FinishedCall
+from capture.handoff import HandOffArena, SharedSlice
 from capture.netlayers import PacketDecoder
 from capture.pcapio import CaptureError, open_capture
 from capture.tcp import TcpSipReassembler
 from conversation.assembler import AssemblyOptions, DeferredBody
+from conversation.vcon import b64url_bytes
 
 log = structlog.get_logger("vcon_capture.ingest")
 
@@ -97,29 +99,31 @@ def _write_vcon(write_dir: Path, vcon: dict[str, Any], durable: bool = True) -> 
     global _WRITER
     from delivery.atomic import AtomicDirectory as DirectorySink
 
-    if any(isinstance(d.get("body"), DeferredBody) for d in vcon.get("dialog", ())):
+    sink = DirectorySink(write_dir, durable=durable)
+    uuid = str(vcon["uuid"])
+    if any(isinstance(d.get("body"), DeferredBody) and d["body"].data is None for d in vcon.get("dialog", ())):
         # A long recording: stream it into the file here (flat memory), not through a writer thread.
-        DirectorySink(write_dir, durable=durable).write_stream_sync(str(vcon["uuid"]), vcon_chunks(vcon))
+        sink.write_stream_sync(uuid, vcon_chunks(vcon))
         return
-    body = dumps_vcon(vcon)
+    chunks = list(vcon_chunks(vcon))
     if not durable:
         # Without fsync a write is a copy into the page cache: cheaper here than a thread hand-off,
         # which would contend for the GIL with the renderer.
-        DirectorySink(write_dir, durable=False).write_sync(str(vcon["uuid"]), body)
+        sink.write_stream_sync(uuid, chunks)
         return
     if _WRITER is None:
         _WRITER = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="vcon-write")
-    _WRITES.append(_WRITER.submit(DirectorySink(write_dir, durable=durable).write_sync, str(vcon["uuid"]), body))
+    _WRITES.append(_WRITER.submit(sink.write_stream_sync, uuid, chunks))
     while len(_WRITES) > _MAX_PENDING_WRITES:
         _WRITES.popleft().result()
 
 
 def vcon_chunks(vcon: dict[str, Any]) -> Iterator[bytes]:
-    """The vCon's compact JSON in pieces, streaming deferred recordings from their files.
+    """The vCon's compact JSON in pieces, encoding deferred recordings into it.
 
-    A :class:`~conversation.assembler.DeferredBody` is encoded 192 KiB at a time (a multiple of 3
-    bytes, so only the last piece can need padding, which unpadded base64url drops): memory stays
-    flat however long the recording.
+    A :class:`~conversation.assembler.DeferredBody` in memory is one piece; one in a file is encoded
+    192 KiB at a time (a multiple of 3 bytes, so only the last piece can need padding, which
+    unpadded base64url drops): memory stays flat however long the recording.
     """
     deferred: list[DeferredBody] = []
     dialogs = []
@@ -133,12 +137,15 @@ def vcon_chunks(vcon: dict[str, Any]) -> Iterator[bytes]:
         marker = f'"@@vcon-capture-deferred-{i}@@"'.encode("ascii")
         head, _, text = text.partition(marker)
         yield head + b'"'
-        with open(body.path, "rb") as fh:
-            while block := fh.read(3 * 65536):
-                yield binascii.b2a_base64(block, newline=False).rstrip(b"=").replace(b"+", b"-").replace(b"/", b"_")
+        if body.data is not None:
+            yield b64url_bytes(body.data)
+        else:
+            with open(body.path, "rb") as fh:
+                while block := fh.read(3 * 65536):
+                    yield b64url_bytes(block)
+            if body.remove_after_use:
+                Path(body.path).unlink(missing_ok=True)
         yield b'"'
-        if body.remove_after_use:
-            Path(body.path).unlink(missing_ok=True)
     yield text
 
 
@@ -185,6 +192,39 @@ def complete_job(
     return str(vcon["uuid"])
 
 
+def _start_worker() -> None:
+    """Worker start-up: yield the CPU to the packet loop (the one part that cannot be spread), and
+    keep freed memory for the next call instead of returning it to the kernel after each one."""
+    try:
+        os.nice(WORKER_NICENESS)
+    except OSError:
+        pass
+    keep_heap()
+
+
+def keep_heap() -> None:
+    """Tell glibc's malloc to keep large blocks in the heap (no mmap/munmap per recording).
+
+    Each call allocates a few blocks of hundreds of KiB (the WAV, its base64, the JSON). By default
+    glibc maps and unmaps blocks that large, so every call pays for fresh pages: page faults took
+    more system time than the rendering itself. A no-op where mallopt is not available.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 32 * 1024 * 1024)
+    mallopt(m_trim_threshold, 128 * 1024 * 1024)
+
+
+WORKER_NICENESS = 10
+HAND_OFF_ARENA_BYTES = 16 * 1024 * 1024
+"""Shared memory for spools on their way to a worker: the calls in flight (at most ~100 KiB per
+direction each) fit; when it is full, spools go through files instead."""
+
+
 class _Completer:
     """Runs :func:`complete_job` inline or in a process pool, in submission order."""
 
@@ -195,10 +235,18 @@ class _Completer:
         self.handler = handler
         self.write_dir = write_dir
         self.pool: concurrent.futures.ProcessPoolExecutor | None = None
-        self.pending: list[concurrent.futures.Future[dict[str, Any] | str]] = []
+        self.pending: collections.deque[
+            tuple[concurrent.futures.Future[dict[str, Any] | str], list[SharedSlice]]
+        ] = collections.deque()
+        self.arena: HandOffArena | None = None
+        """Where the engine put the jobs' spools; their space is given back as each job is done."""
         if workers > 0:
+            context = multiprocessing.get_context("forkserver")
+            # Import once in the fork server, not in every worker.
+            context.set_forkserver_preload(["capture.complete", "capture.ingest", "delivery.atomic"])
             self.pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=workers, mp_context=multiprocessing.get_context("forkserver")
+                max_workers=workers, mp_context=context,
+                initializer=_start_worker,
             )
         self.done = 0
 
@@ -206,9 +254,12 @@ class _Completer:
         if self.pool is None:
             self._deliver(complete_job(job, self.options, time.time(), self.write_dir, self.durable))
             return
-        self.pending.append(
-            self.pool.submit(complete_job, job, self.options, time.time(), self.write_dir, self.durable)
-        )
+        pieces = [info.shared for render in job.renders for channel in render.channels for info in channel
+                  if info.shared is not None]
+        future = self.pool.submit(complete_job, job, self.options, time.time(), self.write_dir, self.durable)
+        self.pending.append((future, pieces))
+        while self.pending and self.pending[0][0].done():
+            self._collect_one()
         if len(self.pending) > 64:
             self._collect(block_until=32)
 
@@ -217,9 +268,18 @@ class _Completer:
             self.handler(result)
         self.done += 1
 
+    def _collect_one(self) -> None:
+        future, pieces = self.pending.popleft()
+        try:
+            self._deliver(future.result())
+        finally:
+            if self.arena is not None:
+                for piece in pieces:
+                    self.arena.release(piece)
+
     def _collect(self, block_until: int) -> None:
         while len(self.pending) > block_until:
-            self._deliver(self.pending.pop(0).result())
+            self._collect_one()
 
     def close(self) -> None:
         self._collect(0)
@@ -255,9 +315,14 @@ def ingest_file(
     )
     work_root = Path(tempfile.mkdtemp(prefix="vcon-capture-", dir=opts.work_dir))
     engine = CaptureEngine(work_root, opts.engine)
+    hand_off = _hand_off_dir(work_root) if workers > 0 else None
+    engine.hand_off = hand_off
+    arena = HandOffArena(hand_off / "arena", HAND_OFF_ARENA_BYTES) if hand_off is not None else None
+    engine.arena = arena
     decoder = PacketDecoder()
     tcp = TcpSipReassembler(engine)
     completer = _Completer(workers, opts.assembly, handler, opts.write_dir, opts.fsync)
+    completer.arena = arena
     handle_datagram = engine.handle_datagram
     fast = engine.handle_frame
     decode = decoder.decode
@@ -301,6 +366,10 @@ def ingest_file(
         if completer.pool is not None:
             completer.pool.shutdown(cancel_futures=True)
         shutil.rmtree(work_root, ignore_errors=True)
+        if arena is not None:
+            arena.close()
+        if hand_off is not None:
+            shutil.rmtree(hand_off, ignore_errors=True)
         if show_progress and stderr is not None:
             stderr.write("\r\x1b[K")
     summary.vcons = completer.done
@@ -325,6 +394,25 @@ def ingest_file(
         **{f"skipped_{k.replace('-', '_').replace(':', '_')}": v for k, v in reasons.items()},
     )
     return summary
+
+
+def _hand_off_dir(work_root: Path) -> Path:
+    """A private directory in memory (/dev/shm) for finished spools on their way to a worker.
+
+    Only spools that never outgrew their memory buffer go there (at most about 100 KiB each, for
+    the calls in flight between the loop and the workers), so it stays small; without /dev/shm they
+    go beside the other spools. Writing them on a disk file system costs the packet loop several
+    times more (directory and journal locks shared with the workers' writes).
+    """
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
+        try:
+            return Path(tempfile.mkdtemp(prefix="vcon-capture-handoff-", dir=shm))
+        except OSError:
+            pass
+    fallback = work_root / "handoff"
+    fallback.mkdir(exist_ok=True)
+    return fallback
 
 
 def _progress(stream: TextIO, path: Path, done: int, total: int) -> None:

@@ -28,6 +28,7 @@ from typing import BinaryIO, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from capture.handoff import HandOffArena, SharedSlice, read_shared
 from capture.rtp import RtpPacket, RtpParseError
 
 __all__ = [
@@ -158,11 +159,17 @@ class SpoolInfo:
     """Sum of the datagrams' lengths."""
     data: bytes | None = None
     """The whole spool in memory when it never outgrew `StreamSpool`'s memory limit (no file)."""
+    shared: SharedSlice | None = None
+    """The whole spool in a hand-off arena shared with the process that renders it (no file)."""
 
     @property
     def source(self) -> Path | bytes:
         """What the readers take: the bytes when in memory, else the file."""
-        return self.data if self.data is not None else self.path
+        if self.data is not None:
+            return self.data
+        if self.shared is not None:
+            return read_shared(self.shared)
+        return self.path
 
 
 class StreamSpool:
@@ -232,18 +239,42 @@ class StreamSpool:
         else:
             self._epochs.append(epoch)
 
-    def finish(self) -> SpoolInfo:
-        """Describe the spool: in memory when it never spilled, else flushed to its file."""
+    def discard(self) -> None:
+        """Drop what was recorded (a call that is not rendered): the buffer and any spool file."""
+        self._buffer = bytearray()
+        if self._spilled:
+            self.path.unlink(missing_ok=True)
+            self._spilled = False
+
+    def finish(self, *, arena: HandOffArena | None = None, hand_off: Path | None = None) -> SpoolInfo:
+        """Describe the spool: in memory when it never spilled, else flushed to its file.
+
+        For a renderer in another process, a spool that never spilled goes into `arena` (shared
+        memory) or, when that is full, into a file of its own in `hand_off` (a directory, best in
+        memory: /dev/shm), instead of its bytes being pickled through a pipe.
+        """
         data: bytes | None = None
+        shared: SharedSlice | None = None
+        path = self.path
         if self._spilled:
             self._flush()
             size = self.path.stat().st_size if self.path.exists() else 0
+        elif arena is not None and self._buffer and (shared := arena.put(self._buffer)) is not None:
+            size = len(self._buffer)
+            self._buffer = bytearray()
+        elif hand_off is not None and self._buffer:
+            path = hand_off / self.path.name
+            with open(path, "wb") as fh:
+                fh.write(self._buffer)
+            size = len(self._buffer)
+            self._buffer = bytearray()
         else:
             data = bytes(self._buffer)
             size = len(data)
         return SpoolInfo(
             data=data,
-            path=self.path,
+            shared=shared,
+            path=path,
             stream_id=self.stream_id,
             codec_epochs=tuple(sorted(self._epochs, key=lambda epoch: epoch.since)),
             encrypted=self.encrypted,

@@ -40,19 +40,25 @@ class AssemblyOptions:
     remove_rendered_media: bool = True
     """Delete recordings marked ``remove_after_use`` once they are in the vCon."""
     defer_media: bool = False
-    """Leave large inline recordings as :class:`DeferredBody` markers (the file is read later by a
-    writer that streams it), so a long call's vCon never needs its whole recording in memory."""
+    """Leave inline recordings as :class:`DeferredBody` markers for a writer that encodes them into
+    its file: a large one is read from its file then (a long call's vCon never needs its whole
+    recording in memory), a short one is encoded from memory without a JSON string in between."""
 
 
 @dataclass(frozen=True, slots=True)
 class DeferredBody:
-    """An inline ``base64url`` body still in a file: :func:`materialize` or a streaming writer fills it."""
+    """An inline ``base64url`` body not yet encoded: :func:`materialize` or a streaming writer fills it.
 
-    path: str
-    remove_after_use: bool
+    The media is in a file (``path``) or, for a short recording, in memory (``data``); a writer then
+    puts the encoded bytes straight into the file it writes, with no JSON string in between.
+    """
+
+    path: str = ""
+    remove_after_use: bool = False
+    data: bytes | None = None
 
     def text(self) -> str:
-        return b64url(Path(self.path).read_bytes())
+        return b64url(self.data if self.data is not None else Path(self.path).read_bytes())
 
 
 DEFER_ABOVE = 4 * 1024 * 1024
@@ -65,7 +71,7 @@ def materialize(vcon: dict[str, Any]) -> dict[str, Any]:
         body = d.get("body")
         if isinstance(body, DeferredBody):
             d["body"] = body.text()
-            if body.remove_after_use:
+            if body.remove_after_use and body.path:
                 Path(body.path).unlink(missing_ok=True)
     return vcon
 
@@ -271,7 +277,7 @@ def _media(rec: ev.RecordingRef, options: AssemblyOptions) -> dict[str, Any]:
     if rec.data is not None:
         if options.inline_media or options.media_store is None:
             out["encoding"] = "base64url"
-            out["body"] = b64url(rec.data)
+            out["body"] = DeferredBody(data=rec.data) if options.defer_media else b64url(rec.data)
             return out
         # An external store takes files: write the in-memory media to one first.
         with tempfile.NamedTemporaryFile(suffix=os.path.splitext(filename or "")[1], delete=False) as fh:

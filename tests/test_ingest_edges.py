@@ -152,3 +152,41 @@ def test_long_recording_is_streamed_into_the_vcon_file(tmp_path: Path) -> None:
     vcons: list[dict[str, Any]] = []
     ingest_file(cap, vcons.append, IngestOptions(workers=0))
     assert vcons[0]["dialog"][0]["body"] == d["body"]
+
+
+def test_worker_processes_write_the_same_vcons_as_inline(tmp_path: Path) -> None:
+    """Workers get the spools through the shared-memory hand-off and encode the recording straight
+    into the file: the vCons must be the ones the inline path writes."""
+    import json
+    import os
+
+    cap = tmp_path / "nat.pcap"
+    _nat_capture(cap, seconds=4.0)
+    shm_before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    written = {}
+    for workers in (0, 1):
+        out = tmp_path / f"out{workers}"
+        summary = ingest_file(cap, lambda v: None, IngestOptions(workers=workers, write_dir=out, fsync=False))
+        assert summary.vcons == 1
+        (path,) = out.glob("*.vcon.json")
+        vcon = json.loads(path.read_text())
+        validate_vcon(vcon)
+        vcon.pop("created_at")
+        written[workers] = vcon
+    assert written[0] == written[1]
+    assert written[1]["dialog"][0]["body"]
+    if shm_before:
+        assert not {n for n in set(os.listdir("/dev/shm")) - shm_before if n.startswith("vcon-capture")}
+
+
+def test_b64url_bytes_is_unpadded_urlsafe_base64() -> None:
+    import base64
+    import os
+
+    from conversation.vcon import b64url, b64url_bytes
+
+    for size in [*range(9), 1000, 4097]:
+        data = os.urandom(size)
+        expected = base64.urlsafe_b64encode(data).rstrip(b"=")
+        assert b64url_bytes(data) == expected
+        assert b64url(data) == expected.decode()

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from capture.netlayers import PROTO_TCP, Datagram
 from capture.sip import SipStreamBuffer
 from capture.tcp import MAX_WS_BUFFER, TcpSipReassembler
