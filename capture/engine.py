@@ -42,7 +42,7 @@ from capture.calls import (
 from capture.correlation import DEFAULT_CORRELATION_HEADERS, LegLinker, LinkOptions
 from capture.handoff import HandOffArena
 from capture.netlayers import Datagram
-from capture.recorder import CodecSpec, SpoolInfo, StreamSpool
+from capture.spool import CodecSpec, SpoolInfo, StreamSpool
 from capture.sip import SipMessage, SipParseError, looks_like_sip, parse_datagram
 from conversation import events as ev
 from conversation.vcon import rfc3339

@@ -27,7 +27,6 @@ from typing import Any, TextIO
 
 import structlog
 
-from capture.complete import complete_call
 from capture.engine import CaptureEngine, EngineOptions, FinishedCall
 from capture.handoff import HandOffArena, SharedSlice
 from capture.netlayers import PacketDecoder
@@ -185,6 +184,10 @@ def complete_job(
     job: FinishedCall, options: AssemblyOptions, now: float, write_dir: Path | None, durable: bool = True
 ) -> dict[str, Any] | str:
     """Build the vCon; with ``write_dir`` queue it for writing there and return only its uuid."""
+    # Imported here: the packet loop's process never renders when workers do (and the fork server
+    # preloads it for them), so it does not pay for loading the renderer.
+    from capture.complete import complete_call
+
     if write_dir is None:
         return complete_call(job, options, now)
     vcon = complete_call(job, dataclasses.replace(options, defer_media=True), now)

@@ -12,11 +12,15 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .outbox import Outbox, default_spool_dir, load_targets
-from .signing import VerifyError, decrypt_vcon, verify_vcon
-from .targets import Target, TargetError, parse_target
+from .paths import default_spool_dir
+
+if TYPE_CHECKING:
+    from .targets import Target
+
+# The outbox, targets and signing modules (sqlite3, httpx, cryptography) are imported by the
+# commands that use them: every other command of the CLI starts without loading them.
 
 __all__ = ["main", "register"]
 
@@ -69,6 +73,8 @@ def _spool(args: argparse.Namespace) -> Path:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from .outbox import Outbox
+
     with Outbox(_spool(args), []) as outbox:
         counts = outbox.status()
         dead = outbox.dead_letters() if args.dead else []
@@ -90,6 +96,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_flush(args: argparse.Namespace) -> int:
+    from .outbox import Outbox, load_targets
+    from .targets import TargetError, parse_target
+
     spool = _spool(args)
     try:
         targets: list[Target] = load_targets(spool, token=args.token)
@@ -113,6 +122,8 @@ def cmd_flush(args: argparse.Namespace) -> int:
 
 
 def cmd_retry_dead(args: argparse.Namespace) -> int:
+    from .outbox import Outbox
+
     with Outbox(_spool(args), []) as outbox:
         moved = outbox.retry_dead()
     print(f"{moved} dead letter(s) back to pending; run `outbox flush` or let the daemon deliver them")
@@ -120,6 +131,8 @@ def cmd_retry_dead(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from .signing import VerifyError, decrypt_vcon, verify_vcon
+
     try:
         doc = json.loads(Path(args.file).read_bytes())
         if not isinstance(doc, dict):

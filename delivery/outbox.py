@@ -49,6 +49,7 @@ from typing import Any, Self
 
 import structlog
 
+from .paths import default_spool_dir
 from .sinks import DeliveryError, PermanentDeliveryError, RetryableDeliveryError, Sink, make_sink
 from .targets import Target, TargetError, parse_target
 
@@ -93,13 +94,6 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (target, state, next_at);
 CREATE TABLE IF NOT EXISTS targets (key TEXT PRIMARY KEY, spec TEXT NOT NULL);
 """
-
-
-def default_spool_dir() -> Path:
-    """``$XDG_STATE_HOME/vcon-capture/outbox``, else ``~/.local/state/vcon-capture/outbox``."""
-    state = os.environ.get("XDG_STATE_HOME")
-    base = Path(state) if state else Path.home() / ".local" / "state"
-    return base / "vcon-capture" / "outbox"
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
