@@ -7,6 +7,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from capture.ingest import IngestOptions, ingest_file
 from capture.pcapio import PcapWriter
 from tests.vcon_checks import validate_vcon
@@ -179,14 +181,17 @@ def test_worker_processes_write_the_same_vcons_as_inline(tmp_path: Path) -> None
         assert not {n for n in set(os.listdir("/dev/shm")) - shm_before if n.startswith("vcon-capture")}
 
 
-def test_b64url_bytes_is_unpadded_urlsafe_base64() -> None:
+@pytest.mark.parametrize("simd", [True, False])
+def test_b64url_bytes_is_unpadded_urlsafe_base64(simd: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     import base64
     import os
 
-    from conversation.vcon import b64url, b64url_bytes
+    from conversation import vcon as module
 
+    if not simd:  # the standard-library path, used where pybase64 is missing
+        monkeypatch.setattr(module, "_pybase64", None)
     for size in [*range(9), 1000, 4097]:
         data = os.urandom(size)
         expected = base64.urlsafe_b64encode(data).rstrip(b"=")
-        assert b64url_bytes(data) == expected
-        assert b64url(data) == expected.decode()
+        assert module.b64url_bytes(data) == expected
+        assert module.b64url(data) == expected.decode()
