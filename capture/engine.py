@@ -42,8 +42,8 @@ from capture.calls import (
 from capture.correlation import DEFAULT_CORRELATION_HEADERS, LegLinker, LinkOptions
 from capture.handoff import HandOffArena
 from capture.netlayers import Datagram
-from capture.spool import CodecSpec, SpoolInfo, StreamSpool
 from capture.sip import SipMessage, SipParseError, looks_like_sip, parse_datagram
+from capture.spool import CodecSpec, SpoolInfo, StreamSpool
 from conversation import events as ev
 from conversation.vcon import rfc3339
 

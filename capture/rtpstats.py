@@ -421,11 +421,8 @@ class StatsTracker:
             transit = np.concatenate(([self._transit], transit))
             clock = np.concatenate(([self._clock], clock))
         same = clock[1:] == clock[:-1]
-        jitter, top = self.jitter, self.max_jitter
-        for change in np.abs(transit[1:] - transit[:-1])[same].tolist():
-            jitter += (change - jitter) / 16
-            top = max(top, jitter)
-        self.jitter, self.max_jitter = jitter, top
+        jitter, top = rfc3550_jitter(np.abs(transit[1:] - transit[:-1])[same], self.jitter)
+        self.jitter, self.max_jitter = jitter, max(self.max_jitter, top)
         self._transit, self._clock = float(transit[-1]), int(clock[-1])
 
     def result(self) -> StreamStats:
@@ -459,3 +456,26 @@ class StatsTracker:
             mos=mos,
         )
 
+
+
+_JITTER_BLOCK = 256
+_DECAY = (15 / 16) ** np.arange(1, _JITTER_BLOCK + 1, dtype=np.float64)
+_GROWTH = 1 / _DECAY
+
+
+def rfc3550_jitter(changes: FloatArray, jitter: float) -> tuple[float, float]:
+    """RFC 3550 A.8's ``J += (|D| - J) / 16`` over every transit change, from ``jitter``: returns the
+    final estimate and the largest one along the way.
+
+    The recursion is a first-order filter, so within a block J_k = a^k (J_0 + sum_i a^-i D_i / 16)
+    with a = 15/16: one cumulative sum per block of 256 packets (a^-256 ~ 1.5e7, well inside double
+    precision) instead of a Python step per packet.
+    """
+    top = jitter
+    for begin in range(0, len(changes), _JITTER_BLOCK):
+        block = changes[begin : begin + _JITTER_BLOCK]
+        count = len(block)
+        values = (np.cumsum(block * _GROWTH[:count]) / 16 + jitter) * _DECAY[:count]
+        jitter = float(values[-1])
+        top = max(top, float(values.max()))
+    return jitter, top

@@ -122,4 +122,6 @@ def test_update_many_matches_update(seed: int, count: int, split: int, chaos: fl
         many.update_many(arrival[begin:stop], payload_type[begin:stop], sequence[begin:stop],
                          timestamp[begin:stop], spec[begin:stop], table)
     assert many.result() == one.result()
-    assert (many.jitter, many.max_jitter, many.frame_seconds) == (one.jitter, one.max_jitter, one.frame_seconds)
+    # Batches run the jitter filter in closed form: equal to the per-packet recursion up to rounding.
+    assert many.frame_seconds == one.frame_seconds
+    assert (many.jitter, many.max_jitter) == pytest.approx((one.jitter, one.max_jitter), rel=1e-12, abs=1e-15)
