@@ -399,8 +399,10 @@ class CaptureEngine:
             route.spool.set_codecs(endpoint.since, codecs)
         if caller is None or callee is None or not caller.port or not callee.port:
             return
-        self._add_route((caller.address, caller.port, callee.address, callee.port), call, 0, inferred=False)
-        self._add_route((callee.address, callee.port, caller.address, caller.port), call, 1, inferred=False)
+        self._add_route((caller.address, caller.port, callee.address, callee.port), call, 0, inferred=False,
+                        codecs=codecs)
+        self._add_route((callee.address, callee.port, caller.address, caller.port), call, 1, inferred=False,
+                        codecs=codecs)
 
     def _codec_map(self, call: SipCall) -> dict[int, CodecSpec]:
         codecs: dict[int, CodecSpec] = {}
@@ -409,10 +411,12 @@ class CaptureEngine:
             if endpoint is None:
                 continue
             for c in endpoint.codecs:
-                codecs.setdefault(c.payload_type, CodecSpec(c.encoding, c.clock_rate, c.channels, c.fmtp))
+                if c.payload_type not in codecs:
+                    codecs[c.payload_type] = _codec_spec(c.encoding, c.clock_rate, c.channels, c.fmtp)
         return codecs
 
-    def _add_route(self, key: StreamKey, call: SipCall, channel: int, *, inferred: bool) -> StreamRoute | None:
+    def _add_route(self, key: StreamKey, call: SipCall, channel: int, *, inferred: bool,
+                   codecs: dict[int, CodecSpec] | None = None) -> StreamRoute | None:
         existing = self.routes.get(key)
         if existing is not None:
             if existing.call is call:
@@ -425,7 +429,7 @@ class CaptureEngine:
         n = len(self.call_routes.get(call.call_id, ()))
         stream_id = f"{_UNSAFE.sub('_', call.call_id)[:80]}-{channel}-{n}"
         spool = StreamSpool(self.work_dir, stream_id)
-        spool.set_codecs(call.started_at, self._codec_map(call))
+        spool.set_codecs(call.started_at, codecs if codecs is not None else self._codec_map(call))
         endpoint = call.media.get(CALLER if channel == 0 else CALLEE)
         if any(e.encrypted for e in call.media.values()) or (endpoint is not None and endpoint.encrypted):
             spool.encrypted = True
@@ -490,6 +494,21 @@ class CaptureEngine:
             self.finished.append(job)
         else:
             self.finished.extend(self.linker.call_finished(job, call, max(now, self.now)))
+
+
+_CODEC_SPECS: dict[tuple[str, int, int, str | None], CodecSpec] = {}
+
+
+def _codec_spec(encoding: str, clock_rate: int, channels: int, fmtp: str | None) -> CodecSpec:
+    """A shared CodecSpec per distinct rtpmap (building the frozen dataclass is most of the cost of
+    registering a call's media, and a capture has few distinct codecs)."""
+    key = (encoding, clock_rate, channels, fmtp)
+    spec = _CODEC_SPECS.get(key)
+    if spec is None:
+        if len(_CODEC_SPECS) >= 4096:  # a flood of odd fmtp lines must not grow this without bound
+            _CODEC_SPECS.clear()
+        spec = _CODEC_SPECS[key] = CodecSpec(encoding, clock_rate, channels, fmtp)
+    return spec
 
 
 def _other_end_fits(call: SipCall, channel: int, dg: Datagram) -> bool:
