@@ -15,10 +15,12 @@ vCon reports. Ambiguous inferences are refused and counted.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import struct
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,11 +45,19 @@ from capture.correlation import DEFAULT_CORRELATION_HEADERS, LegLinker, LinkOpti
 from capture.handoff import HandOffArena
 from capture.netlayers import Datagram
 from capture.sip import SipMessage, SipParseError, looks_like_sip, parse_datagram
-from capture.spool import CodecSpec, SpoolInfo, StreamSpool
+from capture.spool import MEMORY_LIMIT, CodecSpec, SpoolInfo, StreamSpool
 from conversation import events as ev
 from conversation.vcon import rfc3339
 
 StreamKey = tuple[str, int, str, int]
+PcapFastPath = Callable[[bytes, int], tuple[int, int]]
+
+try:  # built from capture/_fastpath.c when a compiler was there at install time
+    if os.environ.get("VCON_CAPTURE_PURE_PYTHON"):
+        raise ImportError("VCON_CAPTURE_PURE_PYTHON is set")
+    from capture import _fastpath  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - depends on the build
+    _fastpath = None
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -61,8 +71,16 @@ class StreamRoute:
     """0 = sent by the caller, 1 = sent by the callee."""
     spool: StreamSpool
     inferred: bool = False
-    last: float = 0.0
-    packets: int = 0
+
+    @property
+    def packets(self) -> int:
+        """Datagrams on this route since its current spool (segment) began."""
+        return self.spool.packets
+
+    @property
+    def last(self) -> float:
+        """Arrival of the route's last datagram (kept across segments)."""
+        return self.spool.last
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +141,8 @@ class CaptureEngine:
         self.raw_routes: dict[bytes, StreamRoute] = {}
         """The IPv4 routes again, keyed by the 12 wire bytes (source and destination address, UDP
         ports) that :meth:`handle_frame` can slice straight out of an Ethernet frame."""
+        self.raw_sinks: dict[bytes, list[Any]] = {}
+        """The same keys to each route's spool sink, for the compiled fast path (:meth:`pcap_fast_path`)."""
         self.call_routes: dict[str, list[StreamRoute]] = {}
         self.endpoints: dict[tuple[str, int], list[tuple[SipCall, str]]] = {}
         self.unmatched: dict[StreamKey, int] = {}
@@ -154,8 +174,6 @@ class CaptureEngine:
         route = self.routes.get((dg.src, dg.sport, dg.dst, dg.dport))
         if route is not None:
             route.spool.add(now, dg.payload)
-            route.last = now
-            route.packets += 1
         else:
             self._handle_other(dg)
         self.now = now
@@ -188,10 +206,36 @@ class CaptureEngine:
         if end < 42 or end > len(frame):
             return False
         route.spool.add(ts, frame[42:end])
-        route.last = ts
-        route.packets += 1
         self.now = ts
         return True
+
+    def pcap_fast_path(self, big_endian: bool, scale: float, linktype: int) -> PcapFastPath | None:
+        """The compiled equivalent of :meth:`handle_frame` for a classic pcap file's records.
+
+        Returns ``hook(buf, pos) -> (pos, records)``: it consumes the records from ``pos`` that
+        :meth:`handle_frame` would take, stopping at the first it would not (the reader then hands
+        that one out as usual), and returns where it stopped and how many it consumed. None when
+        the compiled module is not built (the pure-Python path does the same work) or the link
+        type is not Ethernet.
+        """
+        if _fastpath is None or linktype != 1:
+            return None
+        scan = _fastpath.scan_pcap
+        sinks = self.raw_sinks
+        limit = MEMORY_LIMIT
+        never = float("inf")
+
+        def hook(buf: bytes, pos: int) -> tuple[int, int]:
+            deadline = self._next_deadline
+            pos, count, last, full = scan(buf, pos, big_endian, scale, sinks,
+                                          never if deadline is None else deadline, limit)
+            if count:
+                self.now = last
+            if full is not None:
+                full[3].spill_if_full()
+            return pos, count
+
+        return hook
 
     def handle_sip_bytes(self, data: bytes, src: tuple[str, int], dst: tuple[str, int], now: float) -> None:
         """SIP from a stream transport (TCP/WebSocket reassembly) or a datagram."""
@@ -265,8 +309,11 @@ class CaptureEngine:
             fresh = StreamSpool(self.work_dir, f"{route.spool.stream_id}-s{n}")
             fresh.set_codecs(start, codecs)
             fresh.encrypted = route.spool.encrypted
+            fresh.last = route.spool.last  # RTP idleness is judged across segments
             route.spool = fresh
-            route.packets = 0
+            raw = _raw_key(route.key)
+            if raw is not None and self.raw_routes.get(raw) is route:
+                self.raw_sinks[raw] = fresh.sink
         out = self.work_dir / f"{_UNSAFE.sub('_', call.call_id)[:80]}-{len(self.segments.get(call.call_id, ()))}.wav"
         job = RenderJob(
             (tuple(i for ch, i in infos if ch == 0), tuple(i for ch, i in infos if ch == 1)), start, end, str(out),
@@ -332,8 +379,6 @@ class CaptureEngine:
         if route is None:
             return False
         route.spool.add(dg.ts, dg.payload)
-        route.last = dg.ts
-        route.packets += 1
         self.counters["inferred-streams"] += 1
         return True
 
@@ -438,6 +483,7 @@ class CaptureEngine:
         raw = _raw_key(key)
         if raw is not None:
             self.raw_routes[raw] = route
+            self.raw_sinks[raw] = spool.sink
         self.call_routes.setdefault(call.call_id, []).append(route)
         self.counters["streams"] += 1
         return route
@@ -451,6 +497,7 @@ class CaptureEngine:
             raw = _raw_key(route.key)
             if raw is not None and self.raw_routes.get(raw) is route:
                 del self.raw_routes[raw]
+                del self.raw_sinks[raw]
         for endpoint_key in {(e.address, e.port) for e in call.media_history}:
             lst = self.endpoints.get(endpoint_key)
             if lst is not None:

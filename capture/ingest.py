@@ -344,13 +344,18 @@ def ingest_file(
     handle_datagram = engine.handle_datagram
     fast = engine.handle_frame
     decode = decoder.decode
-    packets = 0
+    if reader.format == "pcap" and reader.linktype is not None:
+        # Known RTP in a classic pcap is consumed by compiled code inside the reader; the loop
+        # below then sees only the rest (SIP, new streams, other traffic) and the same engine.
+        reader.fast = engine.pcap_fast_path(reader.big_endian, reader.time_scale, reader.linktype)
+    report_every = 256 if reader.fast is not None else 4096
+    handed_out = 0
     next_report = 0
     try:
         with reader:
             try:
                 for ts, linktype, frame in reader:
-                    packets += 1
+                    handed_out += 1
                     if fast(ts, linktype, frame):
                         continue
                     dg = decode(ts, linktype, frame)
@@ -362,11 +367,12 @@ def ingest_file(
                         tcp.handle(dg)
                     else:
                         engine.advance(dg.ts)
-                    if packets >= next_report:
-                        next_report = packets + 4096
+                    if engine.finished:
                         for job in engine.drain():
                             summary.calls += 1
                             completer.submit(job)
+                    if handed_out >= next_report:
+                        next_report = handed_out + report_every
                         if show_progress and stderr is not None and size:
                             _progress(stderr, path, reader.bytes_read, size)
             except CaptureError as exc:
@@ -392,7 +398,7 @@ def ingest_file(
         if show_progress and stderr is not None:
             stderr.write("\r\x1b[K")
     summary.vcons = completer.done
-    summary.packets = packets
+    summary.packets = reader.records
     summary.tls_flows = tcp.tls_flows
     reasons: Counter[str] = Counter(decoder.skipped)
     for name, value in engine.counters.items():
@@ -407,7 +413,7 @@ def ingest_file(
         file=str(path),
         calls=summary.calls,
         vcons=summary.vcons,
-        packets=packets,
+        packets=summary.packets,
         skipped=summary.skipped,
         seconds=round(summary.seconds, 3),
         **{f"skipped_{k.replace('-', '_').replace(':', '_')}": v for k, v in reasons.items()},

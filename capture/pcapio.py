@@ -35,7 +35,7 @@ import io
 import os
 import struct
 import zlib
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from types import TracebackType
 from typing import BinaryIO, Final, Self
 
@@ -137,7 +137,23 @@ class CaptureReader:
         self._base = 0  # stream offset of self._buf[0]
         self._buf = b""
         self._iter: Generator[Record, None, None] | None = None
+        self.fast: Callable[[bytes, int], tuple[int, int]] | None = None
+        """pcap only: ``fast(buf, pos) -> (pos, records)`` may consume records before each one the
+        reader would hand out (the engine's compiled fast path); consumed records are counted in
+        ``records`` but not yielded."""
+        self._order = "<"
+        self._scale = 1e-6
         self._sniff()
+
+    @property
+    def big_endian(self) -> bool:
+        """pcap only: the file's byte order."""
+        return self._order == ">"
+
+    @property
+    def time_scale(self) -> float:
+        """pcap only: seconds per unit of a record's fractional timestamp (1e-6 or 1e-9)."""
+        return self._scale
 
     # -- context manager / iteration -------------------------------------------------------------
 
@@ -296,6 +312,12 @@ class CaptureReader:
             while True:
                 n = len(buf)
                 while pos + 16 <= n:
+                    fast = self.fast
+                    if fast is not None:
+                        pos, consumed = fast(buf, pos)
+                        count += consumed
+                        if pos + 16 > n:
+                            break
                     sec, frac, caplen, _orig = unpack(buf, pos)
                     if caplen > MAX_CAPLEN:
                         raise self._error(

@@ -23,7 +23,7 @@ import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -179,14 +179,13 @@ class StreamSpool:
     """
 
     __slots__ = (
-        "_buffer",
         "_epochs",
         "_limit",
         "_spilled",
         "encrypted",
         "encryption",
-        "packets",
         "path",
+        "sink",
         "stream_id",
     )
 
@@ -199,18 +198,48 @@ class StreamSpool:
         #: Set by the tracker for SRTP (SDP `a=crypto`, RTP/SAVP) or ZRTP media.
         self.encrypted = False
         self.encryption = "SRTP"
-        self.packets = 0
-        self._buffer = bytearray()
+        self.sink: list[Any] = [bytearray(), 0, 0.0, self]
+        """[buffer, datagrams added, last arrival, this spool]: the state the compiled fast path
+        (capture._fastpath) appends to directly, in the same record format as :meth:`add`."""
         self._limit = buffer_limit
         self._epochs: list[CodecEpoch] = []
 
+    @property
+    def packets(self) -> int:
+        """Datagrams added."""
+        count: int = self.sink[1]
+        return count
+
+    @property
+    def last(self) -> float:
+        """Arrival time of the last datagram added (0.0 before the first)."""
+        arrival: float = self.sink[2]
+        return arrival
+
+    @last.setter
+    def last(self, arrival: float) -> None:
+        self.sink[2] = arrival
+
+    @property
+    def _buffer(self) -> bytearray:
+        buffer: bytearray = self.sink[0]
+        return buffer
+
     def add(self, arrival: float, data: bytes) -> None:
         """Record one datagram (the UDP payload, unvalidated) that arrived at `arrival`."""
-        buffer = self._buffer
+        sink = self.sink
+        buffer = sink[0]
         buffer += _RECORD_PACK(arrival, len(data))
         buffer += data
-        self.packets += 1
+        sink[1] += 1
+        sink[2] = arrival
         if len(buffer) > self._limit:
+            self._flush()
+
+    def spill_if_full(self) -> None:
+        """Write the buffer to the spool file once it has passed the memory limit (what :meth:`add`
+        does after each datagram; the compiled fast path appends without it and asks here)."""
+        if len(self.sink[0]) > self._limit:
             self._flush()
 
     def _flush(self) -> None:
@@ -241,7 +270,7 @@ class StreamSpool:
 
     def discard(self) -> None:
         """Drop what was recorded (a call that is not rendered): the buffer and any spool file."""
-        self._buffer = bytearray()
+        self.sink[0] = bytearray()
         if self._spilled:
             self.path.unlink(missing_ok=True)
             self._spilled = False
@@ -261,13 +290,13 @@ class StreamSpool:
             size = self.path.stat().st_size if self.path.exists() else 0
         elif arena is not None and self._buffer and (shared := arena.put(self._buffer)) is not None:
             size = len(self._buffer)
-            self._buffer = bytearray()
+            self.sink[0] = bytearray()
         elif hand_off is not None and self._buffer:
             path = hand_off / self.path.name
             with open(path, "wb") as fh:
                 fh.write(self._buffer)
             size = len(self._buffer)
-            self._buffer = bytearray()
+            self.sink[0] = bytearray()
         else:
             data = bytes(self._buffer)
             size = len(data)

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Set up everything the test suite needs on a fresh Debian machine, then run the whole suite.
-# Debian packages: the real peers the tests use (sipp, tcpdump, tshark, redis-server, baresip).
+# Debian packages: the real peers the tests use (sipp, tcpdump, tshark, redis-server, baresip), and
+# gcc for the compiled fast path (capture/_fastpath.c), which the suite checks against the Python one.
 # Python: a virtual environment in .venv with the project and its test extra.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(sip-tester tcpdump tshark redis-server baresip)
+packages=(sip-tester tcpdump tshark redis-server baresip gcc libc6-dev)
 missing=()
-for tool in sipp tcpdump tshark redis-server baresip; do
+for tool in sipp tcpdump tshark redis-server baresip gcc; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -1,0 +1,178 @@
+"""The compiled fast path (capture/_fastpath.c) against the Python path it stands in for (issue 4).
+
+Both must give the same spools, so the same vCons: every capture here is ingested twice, once with
+the compiled module and once without, and the results compared whole.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import capture.engine as engine_module
+from capture.ingest import IngestOptions, ingest_file
+from capture.pcapio import PcapWriter
+from capture.spool import StreamSpool
+from tests.conftest import CORPUS_PCAP
+
+ROOT = Path(__file__).resolve().parents[2]
+fastpath = getattr(engine_module, "_fastpath")  # noqa: B009 - a private module attribute
+
+
+def test_ci_builds_the_compiled_module() -> None:
+    """CI installs with a compiler, so the compiled path is the one its tests exercise."""
+    if os.environ.get("CI") and not os.environ.get("VCON_CAPTURE_PURE_PYTHON"):
+        assert fastpath is not None
+    else:
+        pytest.skip("only checked in CI")
+
+
+needs_module = pytest.mark.skipif(fastpath is None, reason="capture._fastpath is not built")
+
+
+class _Counting:
+    """The compiled module, counting the records it consumed (so a test knows it really ran)."""
+
+    def __init__(self) -> None:
+        self.records = 0
+
+    def scan_pcap(self, *args: Any) -> Any:
+        result = fastpath.scan_pcap(*args)
+        self.records += result[1]
+        return result
+
+
+def _ingest(path: Path, compiled: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[list[dict[str, Any]], Any]:
+    counting = _Counting()
+    with monkeypatch.context() as patch:
+        patch.setattr(engine_module, "_fastpath", counting if compiled else None)
+        out: list[dict[str, Any]] = []
+        summary = ingest_file(path, out.append, IngestOptions(workers=0, progress=False))
+    if compiled:
+        assert counting.records > 0
+    for vcon in out:
+        vcon.pop("created_at")
+    return out, summary
+
+
+def _same_both_ways(path: Path, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    compiled, summary_c = _ingest(path, True, monkeypatch)
+    python, summary_p = _ingest(path, False, monkeypatch)
+    assert compiled == python
+    assert (summary_c.packets, summary_c.calls, summary_c.skipped_by_reason) == (
+        summary_p.packets, summary_p.calls, summary_p.skipped_by_reason)
+    return compiled
+
+
+@needs_module
+def test_bundled_sample_gives_the_same_vcons(monkeypatch: pytest.MonkeyPatch) -> None:
+    vcons = _same_both_ways(ROOT / "pcaps" / "sipp-calls.pcap", monkeypatch)
+    assert any(d["type"] == "recording" for v in vcons for d in v["dialog"])
+
+
+@needs_module
+@pytest.mark.parametrize("name", ["SIP_CALL_RTP_G711.pcap", "sip-rtp-g722.pcap", "MagicJack_short_call.pcap",
+                                  "voipshark_SIP-RTP-Normal_Call_two_parties.pcap",
+                                  "register-invite-reinvite-bye.pcap"])
+def test_corpus_captures_give_the_same_vcons(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not CORPUS_PCAP.is_dir():
+        pytest.skip("../shared/corpus is not beside the checkout")
+    _same_both_ways(CORPUS_PCAP / name, monkeypatch)
+
+
+def _frame(src: tuple[str, int], dst: tuple[str, int], payload: bytes) -> bytes:
+    def ip(a: str) -> bytes:
+        return bytes(int(x) for x in a.split("."))
+
+    udp = struct.pack("!HHHH", src[1], dst[1], 8 + len(payload), 0) + payload
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, ip(src[0]), ip(dst[0]))
+    return b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02\x08\x00" + hdr + udp
+
+
+def _call(path: Path, *, big_endian: bool, nanosecond: bool) -> None:
+    from tests.test_ingest_edges import _sdp, _sip
+
+    a, b = ("192.0.2.1", 5060), ("192.0.2.2", 5060)
+    ma, mb = ("192.0.2.1", 4000), ("192.0.2.2", 6000)
+    t0 = 1_700_000_000.123456
+    with open(path, "wb") as fh:
+        w = PcapWriter(fh, big_endian=big_endian, nanosecond=nanosecond)
+        w.write(t0, _frame(a, b, _sip("INVITE sip:x@example.com SIP/2.0", "1 INVITE", body=_sdp(ma[0], ma[1]))))
+        w.write(t0 + 0.5, _frame(b, a, _sip("SIP/2.0 200 OK", "1 INVITE", to_tag=";tag=b1",
+                                            body=_sdp(mb[0], mb[1]))))
+        for i in range(300):
+            t = t0 + 0.52 + i * 0.02
+            for k, (src, dst) in enumerate(((ma, mb), (mb, ma))):
+                rtp = struct.pack("!BBHII", 0x80, 0, i, i * 160, 0x100 + k) + bytes([0x55 + 0x20 * k]) * 160
+                w.write(t + k * 0.0001, _frame(src, dst, rtp))
+            if i == 100:  # an odd datagram in the middle: the Python path takes it, then the fast one again
+                w.write(t + 0.001, _frame(("192.0.2.9", 9), ("192.0.2.2", 6000), b"\x00" * 20))
+        w.write(t0 + 7, _frame(a, b, _sip("BYE sip:x@example.com SIP/2.0", "2 BYE", to_tag=";tag=b1")))
+
+
+@needs_module
+@pytest.mark.parametrize(("big_endian", "nanosecond"), [(False, False), (True, False), (False, True), (True, True)])
+def test_byte_orders_and_resolutions(tmp_path: Path, big_endian: bool, nanosecond: bool,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    cap = tmp_path / "call.pcap"
+    _call(cap, big_endian=big_endian, nanosecond=nanosecond)
+    (vcon,) = _same_both_ways(cap, monkeypatch)
+    assert vcon["dialog"][0]["type"] == "recording"
+
+
+def _pcap_records(frames: list[tuple[float, bytes]]) -> bytes:
+    fh = io.BytesIO()
+    w = PcapWriter(fh)
+    for ts, frame in frames:
+        w.write(ts, frame)
+    return fh.getvalue()[24:]
+
+
+KEY = bytes([192, 0, 2, 1, 192, 0, 2, 2]) + struct.pack("!HH", 4000, 6000)
+RTP = struct.pack("!BBHII", 0x80, 0, 1, 160, 7) + bytes(160)
+
+
+@needs_module
+def test_scan_appends_what_streamspool_add_would(tmp_path: Path) -> None:
+    frames = [(10.0 + i * 0.02, _frame(("192.0.2.1", 4000), ("192.0.2.2", 6000), RTP)) for i in range(5)]
+    buf = _pcap_records(frames)
+    spool = StreamSpool(tmp_path, "c")
+    pos, count, last, full = fastpath.scan_pcap(buf, 0, False, 1e-6, {KEY: spool.sink}, math.inf, 1 << 20)
+    assert (pos, count, full) == (len(buf), 5, None)
+    expected = StreamSpool(tmp_path, "p")
+    for ts, _ in frames:
+        expected.add(ts, RTP)
+    assert bytes(spool.sink[0]) == bytes(expected.sink[0])
+    assert (spool.packets, spool.last) == (5, expected.last) and last == expected.last
+
+
+@needs_module
+def test_scan_stops_where_python_must_take_over(tmp_path: Path) -> None:
+    rtp = _frame(("192.0.2.1", 4000), ("192.0.2.2", 6000), RTP)
+    other = _frame(("192.0.2.1", 4001), ("192.0.2.2", 6000), RTP)  # not a known stream
+    buf = _pcap_records([(1.0, rtp), (1.02, other), (1.04, rtp), (5.0, rtp)])
+    spool = StreamSpool(tmp_path, "s")
+    sinks = {KEY: spool.sink}
+    record = 16 + len(rtp)
+    assert fastpath.scan_pcap(buf, 0, False, 1e-6, sinks, math.inf, 1 << 20)[:2] == (record, 1)
+    # A timer due at 5.0: the record at 5.0 goes through Python, which runs the timer first.
+    assert fastpath.scan_pcap(buf, 2 * record, False, 1e-6, sinks, 5.0, 1 << 20)[:2] == (3 * record, 1)
+    # A record cut short by the end of the buffer is left for the reader to refill.
+    assert fastpath.scan_pcap(buf[:-10], 3 * record, False, 1e-6, sinks, math.inf, 1 << 20)[:2] == (3 * record, 0)
+    # A buffer past the limit is handed back for spilling.
+    full = fastpath.scan_pcap(buf, 3 * record, False, 1e-6, sinks, math.inf, 100)[3]
+    assert full is spool.sink
+    assert spool.packets == 3
+
+
+@needs_module
+def test_scan_rejects_a_malformed_sink() -> None:
+    buf = _pcap_records([(1.0, _frame(("192.0.2.1", 4000), ("192.0.2.2", 6000), RTP))])
+    with pytest.raises(TypeError):
+        fastpath.scan_pcap(buf, 0, False, 1e-6, {KEY: ["not a bytearray", 0, 0.0]}, math.inf, 1 << 20)
