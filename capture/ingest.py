@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import ctypes
 import dataclasses
 import gc
@@ -19,6 +20,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -264,7 +266,21 @@ class _Completer:
                 max_workers=workers, mp_context=context,
                 initializer=_start_worker,
             )
+            # Start the fork server (it imports the renderer, ~0.35 s) and the workers now, on a
+            # thread: spawning blocks until the fork server is up, and the packet loop need not wait.
+            self._warming: threading.Thread | None = threading.Thread(
+                target=self._warm, args=(workers,), name="vcon-capture-warm-up", daemon=True
+            )
+            self._warming.start()
+        else:
+            self._warming = None
         self.done = 0
+
+    def _warm(self, workers: int) -> None:
+        assert self.pool is not None
+        with contextlib.suppress(Exception):  # a broken pool shows itself on the first real job
+            for future in [self.pool.submit(os.getpid) for _ in range(workers)]:
+                future.result()
 
     def submit(self, job: FinishedCall) -> None:
         if self.pool is None:
@@ -298,6 +314,8 @@ class _Completer:
             self._collect_one()
 
     def close(self) -> None:
+        if self._warming is not None:
+            self._warming.join()
         self._collect(0)
         if self.write_dir is not None:
             # Every file is on disk before ingest reports it written.
