@@ -93,6 +93,8 @@ class IngestOptions:
 _WRITER: concurrent.futures.ThreadPoolExecutor | None = None
 _WRITES: collections.deque[concurrent.futures.Future[Any]] = collections.deque()
 _MAX_PENDING_WRITES = 64
+_UNSYNCED_DIRS: set[Path] = set()
+"""Directories with renames from the writer threads not yet fsynced (done by flush_writes)."""
 
 
 def _write_vcon(write_dir: Path, vcon: dict[str, Any], durable: bool = True) -> None:
@@ -115,7 +117,9 @@ def _write_vcon(write_dir: Path, vcon: dict[str, Any], durable: bool = True) -> 
         return
     if _WRITER is None:
         _WRITER = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="vcon-write")
-    _WRITES.append(_WRITER.submit(sink.write_stream_sync, uuid, chunks))
+    # Each file is fsynced before its rename; the directory (the renames) once per flush_writes().
+    _UNSYNCED_DIRS.add(sink.path)
+    _WRITES.append(_WRITER.submit(sink.write_stream_sync, uuid, chunks, sync_dir=False))
     while len(_WRITES) > _MAX_PENDING_WRITES:
         _WRITES.popleft().result()
 
@@ -176,10 +180,14 @@ def dumps_vcon(vcon: dict[str, Any]) -> bytes:
 
 def flush_writes() -> int:
     """Wait until every file handed to the writer threads is durable; re-raises a write error."""
+    from delivery.atomic import fsync_dir
+
     done = 0
     while _WRITES:
         _WRITES.popleft().result()
         done += 1
+    while _UNSYNCED_DIRS:
+        fsync_dir(_UNSYNCED_DIRS.pop())
     return done
 
 
@@ -234,6 +242,8 @@ def keep_heap() -> None:
 
 
 WORKER_NICENESS = 10
+CALLS_PER_TASK = 8
+"""Calls per worker task: one pickled task and one reply per batch instead of per call."""
 MAX_PENDING_CALLS = 256
 """Calls handed to the workers and not yet done. While the packet loop runs the workers have one
 core between them, so a backlog builds up that both cores finish once the loop is done; a bound
@@ -241,6 +251,17 @@ of 64 made the loop wait for them (0.6 s of 2.8 s on the 1,000-call benchmark)."
 HAND_OFF_ARENA_BYTES = 48 * 1024 * 1024
 """Shared memory for spools on their way to a worker: the calls in flight (at most ~100 KiB per
 direction each) fit; when it is full, spools go through files instead."""
+
+
+def complete_jobs(
+    jobs: list[FinishedCall], options: AssemblyOptions, now: float, write_dir: Path | None, durable: bool = True
+) -> list[dict[str, Any] | str]:
+    """:func:`complete_job` for a batch (one task for a worker, not one per call); with durable
+    writes, every file of the batch is on disk before this returns (a write error is raised here)."""
+    results = [complete_job(job, options, now, write_dir, durable) for job in jobs]
+    if write_dir is not None and durable:
+        flush_writes()
+    return results
 
 
 class _Completer:
@@ -254,8 +275,9 @@ class _Completer:
         self.write_dir = write_dir
         self.pool: concurrent.futures.ProcessPoolExecutor | None = None
         self.pending: collections.deque[
-            tuple[concurrent.futures.Future[dict[str, Any] | str], list[SharedSlice]]
+            tuple[concurrent.futures.Future[list[dict[str, Any] | str]], list[SharedSlice]]
         ] = collections.deque()
+        self.batch: list[FinishedCall] = []
         self.arena: HandOffArena | None = None
         """Where the engine put the jobs' spools; their space is given back as each job is done."""
         if workers > 0:
@@ -286,14 +308,23 @@ class _Completer:
         if self.pool is None:
             self._deliver(complete_job(job, self.options, time.time(), self.write_dir, self.durable))
             return
-        pieces = [info.shared for render in job.renders for channel in render.channels for info in channel
-                  if info.shared is not None]
-        future = self.pool.submit(complete_job, job, self.options, time.time(), self.write_dir, self.durable)
-        self.pending.append((future, pieces))
+        self.batch.append(job)
+        if len(self.batch) >= CALLS_PER_TASK:
+            self._submit_batch()
         while self.pending and self.pending[0][0].done():
             self._collect_one()
-        if len(self.pending) > MAX_PENDING_CALLS:
-            self._collect(block_until=MAX_PENDING_CALLS // 2)
+        if len(self.pending) * CALLS_PER_TASK > MAX_PENDING_CALLS:
+            self._collect(block_until=MAX_PENDING_CALLS // CALLS_PER_TASK // 2)
+
+    def _submit_batch(self) -> None:
+        assert self.pool is not None
+        jobs, self.batch = self.batch, []
+        if not jobs:
+            return
+        pieces = [info.shared for job in jobs for render in job.renders for channel in render.channels
+                  for info in channel if info.shared is not None]
+        future = self.pool.submit(complete_jobs, jobs, self.options, time.time(), self.write_dir, self.durable)
+        self.pending.append((future, pieces))
 
     def _deliver(self, result: dict[str, Any] | str) -> None:
         if not isinstance(result, str):
@@ -303,7 +334,8 @@ class _Completer:
     def _collect_one(self) -> None:
         future, pieces = self.pending.popleft()
         try:
-            self._deliver(future.result())
+            for result in future.result():
+                self._deliver(result)
         finally:
             if self.arena is not None:
                 for piece in pieces:
@@ -316,13 +348,12 @@ class _Completer:
     def close(self) -> None:
         if self._warming is not None:
             self._warming.join()
+        if self.pool is not None:
+            self._submit_batch()
+        # Each batch's files are on disk when its task returns: ingest reports them written after.
         self._collect(0)
-        if self.write_dir is not None:
-            # Every file is on disk before ingest reports it written.
-            if self.pool is not None:
-                self.pool.submit(flush_writes).result()
-            else:
-                flush_writes()
+        if self.pool is None and self.write_dir is not None:
+            flush_writes()
         if self.pool is not None:
             self.pool.shutdown()
 

@@ -168,7 +168,8 @@ def test_worker_processes_write_the_same_vcons_as_inline(tmp_path: Path) -> None
     written = {}
     for workers in (0, 1):
         out = tmp_path / f"out{workers}"
-        summary = ingest_file(cap, lambda v: None, IngestOptions(workers=workers, write_dir=out, fsync=False))
+        # The worker run writes durably: batches of calls, each batch fsynced before its reply.
+        summary = ingest_file(cap, lambda v: None, IngestOptions(workers=workers, write_dir=out, fsync=workers > 0))
         assert summary.vcons == 1
         (path,) = out.glob("*.vcon.json")
         vcon = json.loads(path.read_text())
@@ -195,3 +196,19 @@ def test_b64url_bytes_is_unpadded_urlsafe_base64(simd: bool, monkeypatch: pytest
         expected = base64.urlsafe_b64encode(data).rstrip(b"=")
         assert module.b64url_bytes(data) == expected
         assert module.b64url(data) == expected.decode()
+
+
+def test_durable_writes_sync_each_directory_once_per_flush(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each file is fsynced before its rename by a writer thread; the renames are made durable by
+    one directory fsync when the batch is flushed, not one per file."""
+    import delivery.atomic
+    from capture import ingest
+
+    synced: list[Path] = []
+    monkeypatch.setattr(delivery.atomic, "fsync_dir", lambda path: synced.append(Path(path)))
+    out = tmp_path / "out"
+    for n in range(5):
+        ingest._write_vcon(out, {"vcon": "0.4.0", "uuid": f"u{n}", "dialog": []}, durable=True)
+    assert ingest.flush_writes() == 5
+    assert synced == [out]
+    assert sorted(p.name for p in out.iterdir()) == [f"u{n}.vcon.json" for n in range(5)]
