@@ -20,6 +20,7 @@ from capture.ingest import IngestOptions, ingest_file
 from capture.pcapio import PcapWriter
 from capture.spool import StreamSpool
 from tests.conftest import CORPUS_PCAP
+from tests.test_ingest_edges import _frame
 
 ROOT = Path(__file__).resolve().parents[2]
 fastpath = getattr(engine_module, "_fastpath")  # noqa: B009 - a private module attribute
@@ -84,15 +85,6 @@ def test_corpus_captures_give_the_same_vcons(name: str, monkeypatch: pytest.Monk
     if not CORPUS_PCAP.is_dir():
         pytest.skip("../shared/corpus is not beside the checkout")
     _same_both_ways(CORPUS_PCAP / name, monkeypatch)
-
-
-def _frame(src: tuple[str, int], dst: tuple[str, int], payload: bytes) -> bytes:
-    def ip(a: str) -> bytes:
-        return bytes(int(x) for x in a.split("."))
-
-    udp = struct.pack("!HHHH", src[1], dst[1], 8 + len(payload), 0) + payload
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, ip(src[0]), ip(dst[0]))
-    return b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02\x08\x00" + hdr + udp
 
 
 def _call(path: Path, *, big_endian: bool, nanosecond: bool) -> None:
