@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import capture.engine as engine_module
+from capture.engine import CaptureEngine, StreamRoute
 from capture.ingest import IngestOptions, ingest_file
 from capture.pcapio import PcapWriter
 from capture.spool import StreamSpool
@@ -168,3 +171,93 @@ def test_scan_rejects_a_malformed_sink() -> None:
     buf = _pcap_records([(1.0, _frame(("192.0.2.1", 4000), ("192.0.2.2", 6000), RTP))])
     with pytest.raises(TypeError):
         fastpath.scan_pcap(buf, 0, False, 1e-6, {KEY: ["not a bytearray", 0, 0.0]}, math.inf, 1 << 20)
+
+
+# -- differential property: the compiled scan consumes exactly what handle_frame would take --------
+
+_KNOWN = [(("192.0.2.1", 4000), ("192.0.2.2", 6000)), (("192.0.2.2", 6000), ("192.0.2.1", 4000))]
+
+
+@st.composite
+def _records(draw: st.DrawFn) -> tuple[float, bytes]:
+    kind = draw(st.sampled_from(["known", "known", "known", "unknown", "mangled", "random", "short"]))
+    ts = draw(st.floats(1_700_000_000, 1_700_000_100, allow_nan=False))
+    payload = draw(st.binary(min_size=0, max_size=200))
+    if kind == "random":
+        return ts, draw(st.binary(min_size=0, max_size=120))
+    if kind == "short":
+        return ts, _frame(*_KNOWN[0], payload)[: draw(st.integers(0, 45))]
+    src, dst = _KNOWN[draw(st.integers(0, 1))] if kind != "unknown" else (("192.0.2.7", 1234), ("192.0.2.2", 6000))
+    frame = bytearray(_frame(src, dst, payload))
+    if kind == "mangled":  # one byte the fast path looks at, changed
+        index = draw(st.sampled_from([12, 13, 14, 20, 21, 23, 38, 39]))
+        frame[index] = draw(st.integers(0, 255))
+    if draw(st.booleans()):
+        frame += draw(st.binary(max_size=8))  # Ethernet padding after the UDP datagram
+    return ts, bytes(frame)
+
+
+def _python_scan(engine: CaptureEngine, buf: bytes, big_endian: bool, scale: float) -> tuple[int, int]:
+    unpack = struct.Struct((">" if big_endian else "<") + "IIII").unpack_from
+    pos = count = 0
+    while pos + 16 <= len(buf):
+        sec, frac, caplen, _ = unpack(buf, pos)
+        if caplen > 256 * 1024 or pos + 16 + caplen > len(buf):
+            break
+        if not engine.handle_frame(sec + frac * scale, 1, buf[pos + 16 : pos + 16 + caplen]):
+            break
+        pos += 16 + caplen
+        count += 1
+    return pos, count
+
+
+def _engine_with_routes(tmp: Path) -> tuple[CaptureEngine, list[StreamSpool]]:
+    engine = CaptureEngine(tmp)
+    spools = []
+    for index, (src, dst) in enumerate(_KNOWN):
+        spool = StreamSpool(tmp, f"s{index}")
+        route = StreamRoute(key=(src[0], src[1], dst[0], dst[1]), call=None, channel=index, spool=spool)  # type: ignore[arg-type]
+        raw = bytes(int(x) for x in src[0].split(".")) + bytes(int(x) for x in dst[0].split(".")) + struct.pack(
+            "!HH", src[1], dst[1])
+        engine.raw_routes[raw] = route
+        engine.raw_sinks[raw] = spool.sink
+        spools.append(spool)
+    return engine, spools
+
+
+@needs_module
+@settings(max_examples=300, deadline=None)
+@given(records=st.lists(_records(), max_size=30), big_endian=st.booleans(), nanosecond=st.booleans(),
+       deadline=st.one_of(st.none(), st.floats(1_700_000_000, 1_700_000_100)), cut=st.integers(0, 40))
+def test_compiled_scan_equals_handle_frame(tmp_path_factory: pytest.TempPathFactory, records: list[tuple[float, bytes]],
+                                           big_endian: bool, nanosecond: bool, deadline: float | None,
+                                           cut: int) -> None:
+    fh = io.BytesIO()
+    writer = PcapWriter(fh, big_endian=big_endian, nanosecond=nanosecond)
+    for ts, frame in records:
+        writer.write(ts, frame)
+    buf = fh.getvalue()[24:]
+    buf = buf[: max(len(buf) - cut, 0)]  # a last record cut short, sometimes
+    scale = 1e-9 if nanosecond else 1e-6
+    tmp = tmp_path_factory.mktemp("scan")
+    python_engine, python_spools = _engine_with_routes(tmp / "p")
+    compiled_engine, compiled_spools = _engine_with_routes(tmp / "c")
+    python_engine._next_deadline = compiled_engine._next_deadline = deadline
+    expected = _python_scan(python_engine, buf, big_endian, scale)
+    pos, count, _, full = fastpath.scan_pcap(buf, 0, big_endian, scale, compiled_engine.raw_sinks,
+                                             math.inf if deadline is None else deadline, 1 << 30)
+    assert (pos, count) == expected and full is None
+    for ours, theirs in zip(compiled_spools, python_spools, strict=True):
+        assert bytes(ours.sink[0]) == bytes(theirs.sink[0])
+        assert (ours.packets, ours.last) == (theirs.packets, theirs.last)
+
+
+@needs_module
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=2000), pos=st.integers(-5, 2100))
+def test_compiled_scan_survives_any_bytes(data: bytes, pos: int) -> None:
+    spool_sink: list[Any] = [bytearray(), 0, 0.0, None]
+    sinks = {data[i : i + 12]: spool_sink for i in range(0, min(len(data), 600), 37) if len(data[i : i + 12]) == 12}
+    end, count, _, _ = fastpath.scan_pcap(data, pos, False, 1e-6, sinks, math.inf, 1 << 20)
+    assert count >= 0 and (count == 0 or end <= len(data))
+    assert spool_sink[1] <= count
