@@ -90,40 +90,6 @@ class IngestOptions:
     """fsync each file written to ``write_dir`` before its rename (False: atomic, not durable)."""
 
 
-_WRITER: concurrent.futures.ThreadPoolExecutor | None = None
-_WRITES: collections.deque[concurrent.futures.Future[Any]] = collections.deque()
-_MAX_PENDING_WRITES = 64
-_UNSYNCED_DIRS: set[Path] = set()
-"""Directories with renames from the writer threads not yet fsynced (done by flush_writes)."""
-
-
-def _write_vcon(write_dir: Path, vcon: dict[str, Any], durable: bool = True) -> None:
-    """Write one vCon file on a writer thread: each file is still fsynced before its rename, but
-    several fsyncs in flight share journal commits (about 10x the files per second of one by one)."""
-    global _WRITER
-    from delivery.atomic import AtomicDirectory as DirectorySink
-
-    sink = DirectorySink(write_dir, durable=durable)
-    uuid = str(vcon["uuid"])
-    if any(isinstance(d.get("body"), DeferredBody) and d["body"].data is None for d in vcon.get("dialog", ())):
-        # A long recording: stream it into the file here (flat memory), not through a writer thread.
-        sink.write_stream_sync(uuid, vcon_chunks(vcon))
-        return
-    chunks = list(vcon_chunks(vcon))
-    if not durable:
-        # Without fsync a write is a copy into the page cache: cheaper here than a thread hand-off,
-        # which would contend for the GIL with the renderer.
-        sink.write_stream_sync(uuid, chunks)
-        return
-    if _WRITER is None:
-        _WRITER = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="vcon-write")
-    # Each file is fsynced before its rename; the directory (the renames) once per flush_writes().
-    _UNSYNCED_DIRS.add(sink.path)
-    _WRITES.append(_WRITER.submit(sink.write_stream_sync, uuid, chunks, sync_dir=False))
-    while len(_WRITES) > _MAX_PENDING_WRITES:
-        _WRITES.popleft().result()
-
-
 def vcon_chunks(vcon: dict[str, Any]) -> Iterator[bytes]:
     """The vCon's compact JSON in pieces, encoding deferred recordings into it.
 
@@ -178,34 +144,6 @@ def dumps_vcon(vcon: dict[str, Any]) -> bytes:
     return text
 
 
-def flush_writes() -> int:
-    """Wait until every file handed to the writer threads is durable; re-raises a write error."""
-    from delivery.atomic import fsync_dir
-
-    done = 0
-    while _WRITES:
-        _WRITES.popleft().result()
-        done += 1
-    while _UNSYNCED_DIRS:
-        fsync_dir(_UNSYNCED_DIRS.pop())
-    return done
-
-
-def complete_job(
-    job: FinishedCall, options: AssemblyOptions, now: float, write_dir: Path | None, durable: bool = True
-) -> dict[str, Any] | str:
-    """Build the vCon; with ``write_dir`` queue it for writing there and return only its uuid."""
-    # Imported here: the packet loop's process never renders when workers do (and the fork server
-    # preloads it for them), so it does not pay for loading the renderer.
-    from capture.complete import complete_call
-
-    if write_dir is None:
-        return complete_call(job, options, now)
-    vcon = complete_call(job, dataclasses.replace(options, defer_media=True), now)
-    _write_vcon(write_dir, vcon, durable)
-    return str(vcon["uuid"])
-
-
 def _start_worker() -> None:
     """Worker start-up: yield the CPU to the packet loop (the one part that cannot be spread), and
     keep freed memory for the next call instead of returning it to the kernel after each one."""
@@ -256,32 +194,40 @@ direction each) fit; when it is full, spools go through files instead."""
 def complete_jobs(
     jobs: list[FinishedCall], options: AssemblyOptions, now: float, write_dir: Path | None, durable: bool = True
 ) -> list[dict[str, Any] | str]:
-    """:func:`complete_job` for a batch (one task for a worker, not one per call); with durable
-    writes, every file of the batch is on disk before this returns (a write error is raised here)."""
-    if write_dir is None or not durable:
-        return [complete_job(job, options, now, write_dir, durable) for job in jobs]
+    """Build the vCons of a batch of calls (one task for a worker, not one per call).
+
+    Without ``write_dir`` returns the vCon dicts. With it, writes them there and returns their
+    uuids: the batch's files are written under temporary names, made durable together (one sync of
+    the file system, unless ``durable`` is off), then renamed, so a batch is only reported once its
+    files are on disk and a crash never leaves a partial file under a final name. A write error is
+    raised here.
+    """
+    # Imported here: the packet loop's process never renders when workers do (and the fork server
+    # preloads it for them), so it does not pay for loading the renderer.
     from capture.complete import complete_call
+
+    if write_dir is None:
+        return [complete_call(job, options, now) for job in jobs]
     from delivery.atomic import AtomicDirectory
 
-    sink = AtomicDirectory(write_dir, durable=True)
+    sink = AtomicDirectory(write_dir, durable=durable)
+    deferring = dataclasses.replace(options, defer_media=True)
     staged: list[tuple[str, list[bytes]]] = []
     results: list[dict[str, Any] | str] = []
     for job in jobs:
-        vcon = complete_call(job, dataclasses.replace(options, defer_media=True), now)
+        vcon = complete_call(job, deferring, now)
         uuid = str(vcon["uuid"])
         if any(isinstance(d.get("body"), DeferredBody) and d["body"].data is None for d in vcon.get("dialog", ())):
             sink.write_stream_sync(uuid, vcon_chunks(vcon))  # a long recording, streamed from its file
         else:
             staged.append((uuid, list(vcon_chunks(vcon))))
         results.append(uuid)
-    # One sync of the file system for the batch, then the renames: ~2 journal commits per batch
-    # instead of two per file.
-    sink.write_batch_sync(staged)
+    sink.write_batch_sync(staged)  # ~2 journal commits per batch instead of two per file
     return results
 
 
 class _Completer:
-    """Runs :func:`complete_job` inline or in a process pool, in submission order."""
+    """Runs :func:`complete_jobs` on batches of calls, inline or in a process pool, in order."""
 
     def __init__(self, workers: int, options: AssemblyOptions, handler: VconHandler,
                  write_dir: Path | None = None, durable: bool = True) -> None:
@@ -321,9 +267,6 @@ class _Completer:
                 future.result()
 
     def submit(self, job: FinishedCall) -> None:
-        if self.pool is None:
-            self._deliver(complete_job(job, self.options, time.time(), self.write_dir, self.durable))
-            return
         self.batch.append(job)
         if len(self.batch) >= CALLS_PER_TASK:
             self._submit_batch()
@@ -333,9 +276,12 @@ class _Completer:
             self._collect(block_until=MAX_PENDING_CALLS // CALLS_PER_TASK // 2)
 
     def _submit_batch(self) -> None:
-        assert self.pool is not None
         jobs, self.batch = self.batch, []
         if not jobs:
+            return
+        if self.pool is None:
+            for result in complete_jobs(jobs, self.options, time.time(), self.write_dir, self.durable):
+                self._deliver(result)
             return
         pieces = [info.shared for job in jobs for render in job.renders for channel in render.channels
                   for info in channel if info.shared is not None]
@@ -364,12 +310,9 @@ class _Completer:
     def close(self) -> None:
         if self._warming is not None:
             self._warming.join()
-        if self.pool is not None:
-            self._submit_batch()
+        self._submit_batch()
         # Each batch's files are on disk when its task returns: ingest reports them written after.
         self._collect(0)
-        if self.pool is None and self.write_dir is not None:
-            flush_writes()
         if self.pool is not None:
             self.pool.shutdown()
 

@@ -39,13 +39,8 @@ class AtomicDirectory:
         """Write one vCon atomically (and durably unless ``durable`` is off); returns its path."""
         return self.write_stream_sync(uuid, (body,))
 
-    def write_stream_sync(self, uuid: str, chunks: Iterable[bytes], *, sync_dir: bool = True) -> Path:
-        """Write one vCon from pieces (a long recording streamed in), with the same atomicity.
-
-        ``sync_dir=False`` leaves the directory fsync (which makes the rename itself durable) to the
-        caller, who can do it once for many files (:func:`fsync_dir`); the file's data is still
-        fsynced before its rename, so a crash never leaves a partial file under its final name.
-        """
+    def write_stream_sync(self, uuid: str, chunks: Iterable[bytes]) -> Path:
+        """Write one vCon from pieces (a long recording streamed in), with the same atomicity."""
         self.path.mkdir(parents=True, exist_ok=True)
         final = self.final_path(uuid)
         fd, tmp = self._temp(uuid)
@@ -61,7 +56,7 @@ class AtomicDirectory:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        if self.durable and sync_dir:
+        if self.durable:
             fsync_dir(self.path)
         return final
 

@@ -198,17 +198,29 @@ def test_b64url_bytes_is_unpadded_urlsafe_base64(simd: bool, monkeypatch: pytest
         assert module.b64url(data) == expected.decode()
 
 
-def test_durable_writes_sync_each_directory_once_per_flush(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each file is fsynced before its rename by a writer thread; the renames are made durable by
-    one directory fsync when the batch is flushed, not one per file."""
-    import delivery.atomic
-    from capture import ingest
+def test_inline_ingest_makes_a_batch_durable_with_one_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inline too, calls are completed 8 at a time and each batch's files are synced together
+    (one file-system sync, one directory fsync), not one fsync per file."""
+    import os
+    import stat
 
-    synced: list[Path] = []
-    monkeypatch.setattr(delivery.atomic, "fsync_dir", lambda path: synced.append(Path(path)))
+    import delivery.atomic
+
+    synced: list[str] = []
+    real_sync, real_dir = delivery.atomic.sync_files, delivery.atomic.fsync_dir
+    monkeypatch.setattr(delivery.atomic, "sync_files",
+                        lambda d, paths: (synced.append(f"files:{len(list(paths))}"), real_sync(d, []))[1])
+    monkeypatch.setattr(delivery.atomic, "fsync_dir", lambda d: (synced.append("dir"), real_dir(d))[1])
+    real_fsync = delivery.atomic.os.fsync
+
+    def fsync(fd: int) -> None:
+        assert stat.S_ISDIR(os.fstat(fd).st_mode), "an fsync per file"
+        real_fsync(fd)
+
+    monkeypatch.setattr(delivery.atomic.os, "fsync", fsync)
     out = tmp_path / "out"
-    for n in range(5):
-        ingest._write_vcon(out, {"vcon": "0.4.0", "uuid": f"u{n}", "dialog": []}, durable=True)
-    assert ingest.flush_writes() == 5
-    assert synced == [out]
-    assert sorted(p.name for p in out.iterdir()) == [f"u{n}.vcon.json" for n in range(5)]
+    sample = Path(__file__).resolve().parents[1] / "pcaps" / "sipp-calls.pcap"
+    summary = ingest_file(sample, lambda v: None, IngestOptions(workers=0, write_dir=out, fsync=True))
+    assert summary.vcons == 3
+    assert synced == ["files:3", "dir"]
+    assert len(list(out.glob("*.vcon.json"))) == 3 and not list(out.glob(".*"))
