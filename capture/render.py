@@ -2,7 +2,7 @@
 
 `render_recording` (module-level and pure over picklable inputs, so it can run in a worker process)
 reads the spools of a call in two passes, each over batches of records whose RTP fields come as numpy
-arrays (`capture.spool.iter_batches`):
+arrays (`capture.spool_reader.iter_batches`):
 
 1. scan: RTP statistics (RFC 3550 A.1/A.3/A.8, `capture.rtpstats`), DTMF (RFC 4733), a completed ZRTP
    handshake (media after it is SRTP), and which codecs will actually be decoded, which fixes the output
@@ -62,11 +62,9 @@ from capture.spool import (
     STATIC_PAYLOAD_TYPES,
     CodecEpoch,
     CodecSpec,
-    RecordBatch,
     SpoolInfo,
-    iter_batches,
-    iter_records,
 )
+from capture.spool_reader import RecordBatch, iter_batches, iter_records
 
 __all__ = [
     "END_GRACE_SECONDS",

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from capture.handoff import HandOffArena, read_shared
-from capture.spool import StreamSpool, iter_records
+from capture.spool import StreamSpool
+from capture.spool_reader import iter_records
 
 
 @pytest.fixture
