@@ -11,11 +11,9 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
-import ctypes
 import dataclasses
 import gc
 import json
-import multiprocessing
 import os
 import shutil
 import sys
@@ -35,6 +33,7 @@ from capture.handoff import HandOffArena, SharedSlice
 from capture.netlayers import PacketDecoder
 from capture.pcapio import CaptureError, open_capture
 from capture.tcp import TcpSipReassembler
+from capture.workers import GC_THRESHOLDS, render_pool
 from conversation.assembler import AssemblyOptions, DeferredBody
 from conversation.vcon import b64url_bytes
 
@@ -144,42 +143,6 @@ def dumps_vcon(vcon: dict[str, Any]) -> bytes:
     return text
 
 
-def _start_worker() -> None:
-    """Worker start-up: yield the CPU to the packet loop (the one part that cannot be spread), and
-    keep freed memory for the next call instead of returning it to the kernel after each one."""
-    try:
-        os.nice(WORKER_NICENESS)
-    except OSError:
-        pass
-    keep_heap()
-    gc.freeze()  # the preloaded modules: never traversed again
-    gc.set_threshold(*GC_THRESHOLDS)
-
-
-GC_THRESHOLDS = (50_000, 20, 100)
-"""Cyclic GC thresholds while ingesting: each call allocates tens of thousands of short-lived
-objects (SIP headers, events), and the default generation-0 threshold of 700 made the collector
-run every few packets' worth of SIP. Cycles are still collected, in larger steps."""
-
-
-def keep_heap() -> None:
-    """Tell glibc's malloc to keep large blocks in the heap (no mmap/munmap per recording).
-
-    Each call allocates a few blocks of hundreds of KiB (the WAV, its base64, the JSON). By default
-    glibc maps and unmaps blocks that large, so every call pays for fresh pages: page faults took
-    more system time than the rendering itself. A no-op where mallopt is not available.
-    """
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    mallopt(m_mmap_threshold, 32 * 1024 * 1024)
-    mallopt(m_trim_threshold, 128 * 1024 * 1024)
-
-
-WORKER_NICENESS = 10
 CALLS_PER_TASK = 8
 """Calls per worker task: one pickled task and one reply per batch instead of per call."""
 MAX_PENDING_CALLS = 256
@@ -243,13 +206,7 @@ class _Completer:
         self.arena: HandOffArena | None = None
         """Where the engine put the jobs' spools; their space is given back as each job is done."""
         if workers > 0:
-            context = multiprocessing.get_context("forkserver")
-            # Import once in the fork server, not in every worker.
-            context.set_forkserver_preload(["capture.complete", "capture.ingest", "delivery.atomic"])
-            self.pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=workers, mp_context=context,
-                initializer=_start_worker,
-            )
+            self.pool = render_pool(workers)
             # Start the fork server (it imports the renderer, ~0.35 s) and the workers now, on a
             # thread: spawning blocks until the fork server is up, and the packet loop need not wait.
             self._warming: threading.Thread | None = threading.Thread(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import importlib
-import multiprocessing
 import os
 import signal
 import sys
@@ -144,9 +143,10 @@ class Daemon:
         self.outbox = Outbox(config.spool, list(config.outputs), concurrency=config.deliver_concurrency)
         processes: concurrent.futures.ProcessPoolExecutor | None = None
         if config.capture.interfaces or config.capture.watch is not None:
-            processes = concurrent.futures.ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("forkserver")
-            )
+            from capture.workers import render_pool
+
+            # One render worker at a lower priority than the sniffer threads (drops cost calls).
+            processes = render_pool(1)
         self.pipeline = Pipeline(
             assembly=assembly_options(config), outbox=self.outbox, loop=loop, processes=processes,
             signer=make_signer(config), max_conversations=config.capture.max_calls,
