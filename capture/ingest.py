@@ -33,7 +33,7 @@ from capture.handoff import HandOffArena, SharedSlice
 from capture.netlayers import PacketDecoder
 from capture.pcapio import CaptureError, open_capture
 from capture.tcp import TcpSipReassembler
-from capture.workers import GC_THRESHOLDS, render_pool
+from capture.workers import GC_THRESHOLDS, auto_workers, render_pool
 from conversation.assembler import AssemblyOptions, DeferredBody
 from conversation.vcon import b64url_bytes
 
@@ -289,7 +289,7 @@ def ingest_file(
     size = reader.size or 0
     # Large files: audio workers beside the packet loop (two on a two-core machine: the loop is
     # done first, then both cores finish the calls); small files: inline, no process start-up.
-    auto = min(2, os.cpu_count() or 1) if size > 32 * 1024 * 1024 else 0
+    auto = auto_workers(size)
     workers = opts.workers if opts.workers is not None else auto
     show_progress = opts.progress if opts.progress is not None else (
         stderr is not None and stderr.isatty() and size > 16 * 1024 * 1024

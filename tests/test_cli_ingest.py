@@ -143,3 +143,39 @@ def test_upstream_down_leaves_vcons_in_outbox_then_flush_delivers(tmp_path: Path
         assert all(a.idempotency_key == a.uuid for a in server.accepted)
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    ("extra", "size", "started"),
+    [
+        (["--workers", "1"], 0, True),  # asked for workers
+        ([], 20 * 1024 * 1024, True),  # a capture large enough for workers by default
+        ([], 1000, False),  # small: rendered inline
+        (["--workers", "0"], 20 * 1024 * 1024, False),
+        (["--engine", "tshark"], 20 * 1024 * 1024, False),
+    ],
+)
+def test_the_fork_server_starts_before_the_imports_when_workers_will_be_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: list[str], size: int, started: bool
+) -> None:
+    import argparse
+
+    import capture.workers
+    from vcon_capture import cli
+
+    capture_file = tmp_path / "c.pcap"
+    capture_file.write_bytes(b"\0" * size)
+    calls: list[int] = []
+    monkeypatch.setattr(capture.workers, "prestart", lambda: calls.append(1))
+    args = argparse.Namespace(files=[capture_file, tmp_path / "missing.pcap"], workers=None, engine="native")
+    for flag, value in zip(extra[::2], extra[1::2], strict=True):
+        setattr(args, flag.lstrip("-"), int(value) if value.isdigit() else value)
+    cli._prestart_workers(args)
+    assert calls == ([1] if started else [])
+
+
+def test_auto_workers_by_capture_size() -> None:
+    from capture.workers import WORKERS_ABOVE_BYTES, auto_workers
+
+    assert auto_workers(WORKERS_ABOVE_BYTES) == 0
+    assert auto_workers(WORKERS_ABOVE_BYTES + 1) >= 1

@@ -80,7 +80,25 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _prestart_workers(args: argparse.Namespace) -> None:
+    """If render workers will be used, start their fork server before importing the rest: it loads
+    the renderer on the other core while this process loads the packet loop."""
+    if args.engine == "tshark" or args.workers == 0:
+        return
+    from capture.workers import auto_workers, prestart
+
+    sizes = []
+    for path in args.files:
+        try:
+            sizes.append(os.path.getsize(path))
+        except OSError:
+            continue  # reported by ingest
+    if args.workers or any(auto_workers(size) for size in sizes):
+        prestart()
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
+    _prestart_workers(args)
     from capture.ingest import IngestOptions, ingest_file
     from capture.pcapio import CaptureError
     from conversation.assembler import AssemblyOptions
