@@ -352,16 +352,18 @@ def ingest_file(
             completer.submit(job)
         completer.close()
     finally:
-        if completer.pool is not None:
-            completer.pool.shutdown(cancel_futures=True)
-        gc.set_threshold(*thresholds)
-        shutil.rmtree(work_root, ignore_errors=True)
-        if arena is not None:
-            arena.close()
-        if hand_off is not None:
-            shutil.rmtree(hand_off, ignore_errors=True)
-        if show_progress and stderr is not None:
-            stderr.write("\r\x1b[K")
+        # Every step runs even if one before it fails (a broken pool must not leak /dev/shm).
+        with contextlib.ExitStack() as cleanup:
+            if show_progress and stderr is not None:
+                cleanup.callback(stderr.write, "\r\x1b[K")
+            if hand_off is not None:
+                cleanup.callback(shutil.rmtree, hand_off, ignore_errors=True)
+            if arena is not None:
+                cleanup.callback(arena.close)
+            cleanup.callback(shutil.rmtree, work_root, ignore_errors=True)
+            cleanup.callback(gc.set_threshold, *thresholds)
+            if completer.pool is not None:
+                cleanup.callback(completer.pool.shutdown, cancel_futures=True)
     summary.vcons = completer.done
     summary.packets = reader.records
     summary.tls_flows = tcp.tls_flows
@@ -396,13 +398,35 @@ def _hand_off_dir(work_root: Path) -> Path:
     """
     shm = Path("/dev/shm")
     if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
+        _remove_orphaned_hand_offs(shm)
         try:
-            return Path(tempfile.mkdtemp(prefix="vcon-capture-handoff-", dir=shm))
+            return Path(tempfile.mkdtemp(prefix=f"{_HAND_OFF_PREFIX}{os.getpid()}-", dir=shm))
         except OSError:
             pass
     fallback = work_root / "handoff"
     fallback.mkdir(exist_ok=True)
     return fallback
+
+
+_HAND_OFF_PREFIX = "vcon-capture-handoff-"
+
+
+def _remove_orphaned_hand_offs(shm: Path) -> None:
+    """Remove hand-off directories (memory) left by ingest processes that were killed: each is
+    named after the pid that made it, and one whose process is gone and that belongs to this user
+    is removed."""
+    for entry in shm.glob(f"{_HAND_OFF_PREFIX}*"):
+        pid_text = entry.name[len(_HAND_OFF_PREFIX):].partition("-")[0]
+        if not pid_text.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid != os.geteuid():
+                continue
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            continue  # alive but not ours to signal, or gone meanwhile
 
 
 def _progress(stream: TextIO, path: Path, done: int, total: int) -> None:

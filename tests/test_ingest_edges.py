@@ -224,3 +224,48 @@ def test_inline_ingest_makes_a_batch_durable_with_one_sync(tmp_path: Path, monke
     assert summary.vcons == 3
     assert synced == ["files:3", "dir"]
     assert len(list(out.glob("*.vcon.json"))) == 3 and not list(out.glob(".*"))
+
+
+def test_hand_off_memory_is_freed_even_when_a_cleanup_step_fails(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from capture import handoff
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        pytest.skip("no /dev/shm")
+    cap = tmp_path / "nat.pcap"
+    _nat_capture(cap, seconds=2.0)
+
+    def broken_close(self: handoff.HandOffArena) -> None:
+        raise OSError("cannot unmap")
+
+    monkeypatch.setattr(handoff.HandOffArena, "close", broken_close)
+    with pytest.raises(OSError, match="cannot unmap"):
+        ingest_file(cap, lambda v: None, IngestOptions(workers=1, write_dir=tmp_path / "out", fsync=False))
+    assert not list(shm.glob(f"vcon-capture-handoff-{os.getpid()}-*"))
+
+
+def test_hand_offs_of_killed_ingests_are_removed(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from capture.ingest import _hand_off_dir
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not os.access(shm, os.W_OK):
+        pytest.skip("no writable /dev/shm")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    orphan = shm / f"vcon-capture-handoff-{gone.pid}-test"
+    orphan.mkdir()
+    (orphan / "arena").write_bytes(b"x" * 1000)
+    ours = _hand_off_dir(tmp_path)
+    try:
+        assert not orphan.exists()
+        assert ours.parent == shm and ours.name.startswith(f"vcon-capture-handoff-{os.getpid()}-")
+        _hand_off_dir(tmp_path).rmdir()
+        assert ours.exists()  # a live process's hand-off is left alone
+    finally:
+        ours.rmdir()
