@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import sys
 import threading
@@ -89,30 +90,8 @@ class AtomicDirectory:
         return [final for _, final in staged]
 
     def write_many_sync(self, items: Iterable[tuple[str, bytes]]) -> list[Path]:
-        """Write many vCons: each temp file written (and fsynced), then all renamed, then one
-        directory fsync for the batch."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        staged: list[tuple[str, Path]] = []
-        try:
-            for uuid, body in items:
-                final = self.final_path(uuid)
-                fd, tmp = self._temp(uuid)
-                staged.append((tmp, final))
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(body)
-                    handle.flush()
-                    if self.durable:
-                        os.fsync(handle.fileno())
-            for tmp, final in staged:
-                os.replace(tmp, final)
-        except BaseException:
-            for tmp, _ in staged:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-            raise
-        if self.durable:
-            fsync_dir(self.path)
-        return [final for _, final in staged]
+        """:meth:`write_batch_sync` for whole bodies."""
+        return self.write_batch_sync((uuid, (body,)) for uuid, body in items)
 
 
 def sync_files(directory: Path, paths: Iterable[str]) -> None:
@@ -136,17 +115,14 @@ def sync_files(directory: Path, paths: Iterable[str]) -> None:
             os.close(fd)
 
 
-_SYNCFS: list[Callable[[int], int] | None] = []
-
-
+@functools.cache
 def _syncfs() -> Callable[[int], int] | None:
-    if not _SYNCFS:
-        function = None
-        if sys.platform.startswith("linux"):
-            with contextlib.suppress(OSError, AttributeError):
-                function = ctypes.CDLL(None, use_errno=True).syncfs
-        _SYNCFS.append(function)
-    return _SYNCFS[0]
+    """libc's syncfs(2), or None off Linux or where it is missing."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            function: Callable[[int], int] = ctypes.CDLL(None, use_errno=True).syncfs
+            return function
+    return None
 
 
 def fsync_dir(path: Path) -> None:
