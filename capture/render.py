@@ -47,6 +47,7 @@ import numpy.typing as npt
 from numpy.lib.stride_tricks import as_strided
 
 from capture.codecs import ALAW_TABLE, ULAW_TABLE, CodecError, Decoder, G711Decoder, audio_rate, get_decoder
+from capture.plain_render import PlainSpool, render_plain
 from capture.rtp import EVENT_DIGITS, RtpPacket, RtpParseError, TelephoneEvent, is_rtcp
 from capture.rtpstats import (
     MAX_DROPOUT,
@@ -495,22 +496,28 @@ def _collect_dtmf(scan: _ChannelScan, batch: RecordBatch, packets: IntArray, tab
         spec = table.specs[number]
         if spec is None:
             continue
-        try:
-            event = TelephoneEvent.parse(data[int(batch.payload_start[packet]) : int(batch.payload_end[packet])])
-        except RtpParseError as exc:
-            scan.skipped[exc.reason.value] += 1
-            continue
-        digit = EVENT_DIGITS.get(event.event)
-        if digit is None:
-            continue
-        # RFC 4733 §2.5.1: all packets of one event (updates, end-bit retransmissions) share its timestamp.
-        key = (int(batch.ssrc[packet]), int(batch.timestamp[packet]), event.event)
-        entry = scan.dtmf.get(key)
-        if entry is None:
-            if len(scan.dtmf) < MAX_DTMF_EVENTS:
-                scan.dtmf[key] = [float(batch.arrival[packet]), digit, event.duration, spec.clock_rate]
-        elif event.duration > int(entry[2]):
-            entry[2] = event.duration
+        _note_dtmf(scan, int(batch.ssrc[packet]), int(batch.timestamp[packet]), float(batch.arrival[packet]),
+                   data[int(batch.payload_start[packet]) : int(batch.payload_end[packet])], spec.clock_rate)
+
+
+def _note_dtmf(scan: _ChannelScan, ssrc: int, timestamp: int, arrival: float, payload: bytes, clock: int) -> None:
+    """Fold one telephone-event packet into the channel's DTMF digits."""
+    try:
+        event = TelephoneEvent.parse(payload)
+    except RtpParseError as exc:
+        scan.skipped[exc.reason.value] += 1
+        return
+    digit = EVENT_DIGITS.get(event.event)
+    if digit is None:
+        return
+    # RFC 4733 §2.5.1: all packets of one event (updates, end-bit retransmissions) share its timestamp.
+    key = (ssrc, timestamp, event.event)
+    entry = scan.dtmf.get(key)
+    if entry is None:
+        if len(scan.dtmf) < MAX_DTMF_EVENTS:
+            scan.dtmf[key] = [arrival, digit, event.duration, clock]
+    elif event.duration > int(entry[2]):
+        entry[2] = event.duration
 
 
 def _channel_reason(scan: _ChannelScan, decode_errors: int) -> str:
@@ -1000,19 +1007,28 @@ def render_recording(
     """
     out_path = Path(out_path)
     holder: list[bytes] | None = [] if in_memory else None
-    cache = _BatchCache(IN_MEMORY_BYTES)
-    scans = [_scan_channel(index, spools, start, end, cache) for index, spools in enumerate(channels)]
-    rate = max((rate for scan in scans for rate in scan.rates), default=8000)
-    frames = max(round((end - start) * rate), 0)
-    placed = [_PlaceCounts() for _ in scans]
     path: Path | None = None
-    if frames and any(scan.audio for scan in scans):
-        placed = _render_files(channels, scans, start, end, rate, frames, out_path, cache, holder)
-        if not any(counts.decoded for counts in placed):
+    plain = _render_plain_call(channels, start, end)
+    if plain is not None:
+        scans, placed, block = plain
+        rate, frames = 8000, len(block)
+        if any(counts.decoded for counts in placed):
+            path = _store_block(block, rate, out_path, holder)
+        else:
             holder = None
-            out_path.unlink(missing_ok=True)
-        elif not holder:
-            path = out_path
+    else:
+        cache = _BatchCache(IN_MEMORY_BYTES)
+        scans = [_scan_channel(index, spools, start, end, cache) for index, spools in enumerate(channels)]
+        rate = max((rate for scan in scans for rate in scan.rates), default=8000)
+        frames = max(round((end - start) * rate), 0)
+        placed = [_PlaceCounts() for _ in scans]
+        if frames and any(scan.audio for scan in scans):
+            placed = _render_files(channels, scans, start, end, rate, frames, out_path, cache, holder)
+            if not any(counts.decoded for counts in placed):
+                holder = None
+                out_path.unlink(missing_ok=True)
+            elif not holder:
+                path = out_path
     wav = holder[0] if holder else None
     reports = tuple(_report(scan, counts) for scan, counts in zip(scans, placed, strict=True))
     reason = None
@@ -1050,25 +1066,16 @@ def _render_files(
     cache: _BatchCache,
     holder: list[bytes] | None = None,
 ) -> list[_PlaceCounts]:
-    part = out_path.with_name(out_path.name + ".part")
     if 2 * frames * len(channels) <= IN_MEMORY_BYTES:
-        try:
-            block = np.zeros((frames, len(channels)), dtype="<i2")
-            placed = [
-                _place_channel(spools, scan, _MemoryChannel(block[:, index]), start, end, rate, frames, cache)
-                if scan.audio else _PlaceCounts()
-                for index, (spools, scan) in enumerate(zip(channels, scans, strict=True))
-            ]
-            if holder is not None:
-                holder.append(_wav_header(len(channels), rate, frames) + block.tobytes())
-                return placed
-            with open(part, "wb") as wav:
-                wav.write(_wav_header(len(channels), rate, frames))
-                wav.write(block.data)
-            os.replace(part, out_path)
-            return placed
-        finally:
-            part.unlink(missing_ok=True)
+        block = np.zeros((frames, len(channels)), dtype="<i2")
+        placed = [
+            _place_channel(spools, scan, _MemoryChannel(block[:, index]), start, end, rate, frames, cache)
+            if scan.audio else _PlaceCounts()
+            for index, (spools, scan) in enumerate(zip(channels, scans, strict=True))
+        ]
+        _store_block(block, rate, out_path, holder)
+        return placed
+    part = out_path.with_name(out_path.name + ".part")
     pcm_paths = [out_path.with_name(f".{out_path.name}.ch{index}.pcm") for index in range(len(channels))]
     try:
         placed = []
@@ -1084,6 +1091,77 @@ def _render_files(
     finally:
         for temporary in (*pcm_paths, part):
             temporary.unlink(missing_ok=True)
+
+
+def _store_block(block: Int16Array, rate: int, out_path: Path, holder: list[bytes] | None) -> Path | None:
+    """The WAV of an in-memory (frames x channels) block: into `holder` (returns None) or `out_path`."""
+    frames, channels = block.shape
+    if holder is not None:
+        holder.append(_wav_header(channels, rate, frames) + block.tobytes())
+        return None
+    part = out_path.with_name(out_path.name + ".part")
+    try:
+        with open(part, "wb") as wav:
+            wav.write(_wav_header(channels, rate, frames))
+            wav.write(block.data)
+        os.replace(part, out_path)
+    finally:
+        part.unlink(missing_ok=True)
+    return out_path
+
+
+def _render_plain_call(
+    channels: Sequence[Sequence[SpoolInfo]], start: float, end: float
+) -> tuple[list[_ChannelScan], list[_PlaceCounts], Int16Array] | None:
+    """The compiled one-pass render (:mod:`capture.plain_render`) when every spool is plain G.711 and
+    the recording fits in memory: the scans and counts the general path would give, and the block."""
+    frames = max(round((end - start) * 8000), 0)
+    if not frames or not channels or 2 * frames * len(channels) > IN_MEMORY_BYTES:
+        return None
+    plain = render_plain(channels, start, end + END_GRACE_SECONDS, frames)
+    if plain is None:
+        return None
+    results, block = plain
+    scans: list[_ChannelScan] = []
+    for index, (spools, found_in) in enumerate(zip(channels, results, strict=True)):
+        scan = _ChannelScan(index)
+        for spool, found in zip(spools, found_in, strict=True):
+            _plain_scan(scan, spool.stream_id, found)
+        scans.append(scan)
+    placed = [_PlaceCounts(decoded=scan.audio) for scan in scans]
+    return scans, placed, block
+
+
+def _plain_scan(scan: _ChannelScan, stream_id: str, found: PlainSpool) -> None:
+    """Add a plain spool's counts to `scan`, as `_scan_batch` would have."""
+    scan.datagrams += found.datagrams
+    scan.rtcp += found.rtcp
+    scan.early += found.early
+    scan.after_end += found.late
+    scan.audio += found.placed
+    scan.comfort_noise += found.comfort_noise
+    scan.dtmf_packets += len(found.events)
+    if found.placed:
+        scan.rates.add(8000)
+    for arrival, ssrc, timestamp, payload_type, payload in found.events:
+        _note_dtmf(scan, ssrc, timestamp, arrival, payload, found.specs[payload_type].clock_rate)
+    for measured in found.ssrcs:
+        scan.packets += measured.packets
+        for payload_type in measured.payload_types:
+            scan.codecs.add(found.specs[payload_type].label)
+        tracker = StatsTracker(stream_id, measured.ssrc, measured.first_arrival)
+        tracker.packets, tracker.duplicates = measured.packets, measured.duplicates
+        tracker.payload_types = set(measured.payload_types)
+        if measured.audio:
+            spec = found.specs[measured.audio_payload_type]
+            tracker.codecs[spec.label] = measured.audio
+            tracker.encoding[spec.label] = spec.name
+        tracker.lowest, tracker.highest = measured.lowest, measured.highest
+        tracker.last_arrival = measured.last_arrival
+        tracker.max_delta = measured.max_delta
+        tracker.jitter, tracker.max_jitter = measured.jitter, measured.max_jitter
+        tracker.frame_seconds = measured.frame_seconds
+        scan.stats.append(tracker)
 
 
 def _wav_header(channels: int, rate: int, frames: int) -> bytes:

@@ -1,0 +1,335 @@
+/*
+ * The renderer's fast path, compiled: one plain G.711 spool in one pass.
+ *
+ * render_g711() reads a spool (records of "<dI" arrival and length, then the datagram) and, when the
+ * spool is *plain*, does in one pass what capture/render.py's scan and fast placer do with arrays:
+ * the RFC 3550 statistics of each SSRC (A.1/A.3/A.8, as StatsTracker.update does them, packet by
+ * packet) and the placement of the G.711 payloads, table-decoded, into one column of an interleaved
+ * int16 block. Plain means:
+ *   - every record is RTCP or an RTP packet with a bare 12-byte header (0x80: no padding, extension
+ *     or CSRCs);
+ *   - at most MAX_SSRCS SSRCs; each carries one G.711 payload type at most, and perhaps comfort
+ *     noise (8 kHz) and telephone-events, as told by `kinds`;
+ *   - per SSRC, sequence numbers rise by 1..MAX_DROPOUT from packet to packet (or repeat the last
+ *     one on a telephone-event: a duplicate), and the timestamps of its timed packets (audio,
+ *     comfort noise) by 1..2^31-1: no other duplicate, no reordering or restart;
+ *   - the placed payloads never overlap in the output (each starts at or after the previous end).
+ * On anything else it returns None and the caller renders the call the general way: the block may
+ * then hold partial writes and must be discarded. It holds no state and does no I/O.
+ *
+ * jitter() is RFC 3550 A.8's J += (|D| - J)/16 over an array of |D|, the same sequential arithmetic.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_DROPOUT 3000
+#define REANCHOR_SECONDS 1.0
+#define CLOCK 8000
+#define MAX_SSRCS 8
+
+/* Payload-type kinds (the `kinds` table). */
+enum { NOT_PLAIN = 0, ULAW = 1, ALAW = 2, COMFORT_NOISE = 3, TELEPHONE_EVENT = 4 };
+
+static inline uint16_t be16(const unsigned char *p) { return (uint16_t)((p[0] << 8) | p[1]); }
+static inline uint32_t be32(const unsigned char *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | (uint32_t)p[3];
+}
+
+/* Python's floor division for int64 (b > 0). */
+static inline int64_t floor_div(int64_t a, int64_t b) {
+    int64_t q = a / b;
+    return (a % b != 0 && a < 0) ? q - 1 : q;
+}
+
+/* One SSRC: StatsTracker's fields and _SsrcPlacer's anchor. */
+typedef struct {
+    uint32_t ssrc;
+    int audio_pt; /* -1 until its first audio packet */
+    uint64_t pts[2]; /* payload types seen, as a 128-bit set */
+    long long packets, audio, duplicates;
+    double first_arrival, last_arrival, max_delta;
+    int64_t seq, lowest; /* extended sequence numbers: last (the highest) and first */
+    uint16_t raw_seq;
+    int timed;   /* a timed packet was seen: ts, raw_ts, transit are set */
+    int64_t ts;  /* extended timestamp of the last timed packet */
+    uint32_t raw_ts;
+    double transit, jitter, max_jitter, frame_seconds;
+    int64_t audio_seq, audio_ts; /* the last audio packet's (for the packetization), audio > 0 */
+    int anchored;
+    double anchor_arrival;
+    int64_t anchor_ts, anchor_offset;
+} Ssrc;
+
+PyDoc_STRVAR(render_g711_doc,
+"render_g711(spool, kinds, ulaw, alaw, start, stop, block, channel, channels, frames) -> tuple | None\n\n"
+"Render one plain spool (see the module comment) into column `channel` of `block` (a writable\n"
+"C-contiguous int16 buffer of `frames` x `channels`). `kinds` has 128 bytes, one per payload type:\n"
+"0 not plain, 1 µ-law, 2 A-law, 3 comfort noise (8 kHz), 4 telephone-event. `ulaw` and `alaw` are\n"
+"the 256-entry int16 decode tables. Audio arriving in [start, stop] is placed. Returns None when the\n"
+"spool is not plain, else (datagrams, rtcp, early, late, placed, comfort_noise, events, ssrcs):\n"
+"early/late/placed count audio packets; events lists the telephone-event packets as (arrival, ssrc,\n"
+"timestamp, payload type, payload); ssrcs has per SSRC in order of appearance (ssrc, payload types\n"
+"(a list), audio payload type or -1, packets, duplicates, audio packets, first_arrival, last_arrival, max_delta,\n"
+"lowest, highest, jitter, max_jitter, frame_seconds).");
+
+static PyObject *ssrc_tuple(const Ssrc *s) {
+    PyObject *types = PyList_New(0);
+    if (types == NULL)
+        return NULL;
+    for (int pt = 0; pt < 128; pt++) {
+        if (!(s->pts[pt >> 6] >> (pt & 63) & 1))
+            continue;
+        PyObject *value = PyLong_FromLong(pt);
+        if (value == NULL || PyList_Append(types, value) < 0) {
+            Py_XDECREF(value);
+            Py_DECREF(types);
+            return NULL;
+        }
+        Py_DECREF(value);
+    }
+    return Py_BuildValue("kNiLLLdddLLddd", (unsigned long)s->ssrc, types, s->audio_pt, s->packets, s->duplicates,
+                         s->audio,
+                         s->first_arrival, s->last_arrival, s->max_delta, (long long)s->lowest,
+                         (long long)s->seq, s->jitter, s->max_jitter, s->frame_seconds);
+}
+
+static PyObject *render_g711(PyObject *module, PyObject *args) {
+    (void)module;
+    Py_buffer spool, kinds, ulaw, alaw, block;
+    double start, stop;
+    Py_ssize_t channel, channels, frames;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*ddw*nnn", &spool, &kinds, &ulaw, &alaw, &start, &stop, &block,
+                          &channel, &channels, &frames))
+        return NULL;
+    PyObject *result = NULL, *events = NULL;
+    if (kinds.len != 128 || ulaw.len != 512 || alaw.len != 512 || channels <= 0 || channel < 0 ||
+        channel >= channels || frames < 0 || block.len < (Py_ssize_t)(2 * channels * frames)) {
+        PyErr_SetString(PyExc_ValueError, "render_g711: bad table or block size");
+        goto done;
+    }
+    events = PyList_New(0);
+    if (events == NULL)
+        goto done;
+    const unsigned char *data = spool.buf, *kind_of = kinds.buf;
+    const int16_t *tables[3] = {NULL, ulaw.buf, alaw.buf};
+    int16_t *out = (int16_t *)block.buf + channel;
+    Py_ssize_t size = spool.len, position = 0;
+    long long datagrams = 0, rtcp = 0, early = 0, late = 0, placed = 0, comfort_noise = 0;
+    Ssrc ssrcs[MAX_SSRCS];
+    int count = 0;
+    int64_t written_to = 0;
+    int plain = 1;
+
+    while (position + 12 <= size) {
+        double arrival;
+        uint32_t length;
+        memcpy(&arrival, data + position, 8);
+        memcpy(&length, data + position + 8, 4);
+        if ((Py_ssize_t)length > size - position - 12)
+            break; /* a torn last record is dropped */
+        const unsigned char *d = data + position + 12;
+        position += 12 + (Py_ssize_t)length;
+        datagrams++;
+        /* RFC 5761 §4: a second octet of 192-223 after version 2 is RTCP. */
+        if (length >= 8 && (d[0] >> 6) == 2 && d[1] >= 192 && d[1] <= 223) {
+            rtcp++;
+            continue;
+        }
+        if (length < 12 || d[0] != 0x80) {
+            plain = 0; /* padding, extension, CSRCs or not RTP: the general path */
+            break;
+        }
+        int pt = d[1] & 0x7F, kind = kind_of[pt];
+        uint16_t raw_seq = be16(d + 2);
+        uint32_t raw_ts = be32(d + 4), source = be32(d + 8);
+        if (kind == NOT_PLAIN) {
+            plain = 0;
+            break;
+        }
+        Ssrc *s = NULL;
+        for (int i = 0; i < count; i++)
+            if (ssrcs[i].ssrc == source) {
+                s = &ssrcs[i];
+                break;
+            }
+        if (s == NULL) {
+            if (count == MAX_SSRCS) {
+                plain = 0;
+                break;
+            }
+            s = &ssrcs[count++];
+            memset(s, 0, sizeof *s);
+            s->ssrc = source;
+            s->audio_pt = -1;
+            s->first_arrival = arrival;
+            s->seq = s->lowest = raw_seq;
+            s->frame_seconds = 0.02;
+        } else {
+            uint16_t step = (uint16_t)(raw_seq - s->raw_seq);
+            /* RFC 4733 senders may repeat an event's final packet under one sequence number. */
+            if ((step == 0 && kind != TELEPHONE_EVENT) || step > MAX_DROPOUT) {
+                plain = 0;
+                break;
+            }
+            s->seq += step;
+            if (step == 0)
+                s->duplicates++;
+            if (arrival - s->last_arrival > s->max_delta)
+                s->max_delta = arrival - s->last_arrival;
+        }
+        s->raw_seq = raw_seq;
+        s->last_arrival = arrival;
+        s->packets++;
+        s->pts[pt >> 6] |= (uint64_t)1 << (pt & 63);
+        if (kind == TELEPHONE_EVENT) {
+            PyObject *event = Py_BuildValue("dkkiy#", arrival, (unsigned long)source, (unsigned long)raw_ts, pt,
+                                            (const char *)d + 12, (Py_ssize_t)length - 12);
+            if (event == NULL || PyList_Append(events, event) < 0) {
+                Py_XDECREF(event);
+                goto done;
+            }
+            Py_DECREF(event);
+            continue;
+        }
+        /* Timed: audio or comfort noise, both on the 8 kHz clock. */
+        if (!s->timed) {
+            s->timed = 1;
+            s->ts = raw_ts;
+            s->transit = arrival - (double)s->ts / CLOCK;
+        } else {
+            uint32_t step = raw_ts - s->raw_ts;
+            if (step < 1 || step >= 0x80000000u) {
+                plain = 0;
+                break;
+            }
+            s->ts += step;
+            double transit = arrival - (double)s->ts / CLOCK;
+            s->jitter += (fabs(transit - s->transit) - s->jitter) / 16;
+            if (s->jitter > s->max_jitter)
+                s->max_jitter = s->jitter;
+            s->transit = transit;
+        }
+        s->raw_ts = raw_ts;
+        if (kind == COMFORT_NOISE) {
+            comfort_noise++;
+            continue;
+        }
+        if (s->audio_pt < 0)
+            s->audio_pt = pt;
+        else if (s->audio_pt != pt) {
+            plain = 0; /* two audio codecs on one SSRC */
+            break;
+        }
+        if (s->audio && s->seq == s->audio_seq + 1 && s->ts - s->audio_ts <= CLOCK)
+            s->frame_seconds = (double)(s->ts - s->audio_ts) / CLOCK;
+        s->audio++;
+        s->audio_seq = s->seq;
+        s->audio_ts = s->ts;
+        if (arrival < start) {
+            early++;
+            continue;
+        }
+        if (arrival > stop) {
+            late++;
+            continue;
+        }
+        placed++;
+        /* The timeline anchor of render._SsrcPlacer.place (rate == clock: offsets are timestamps). */
+        if (s->anchored && fabs(arrival - (s->anchor_arrival + (double)(s->ts - s->anchor_ts) / CLOCK)) >
+                               REANCHOR_SECONDS)
+            s->anchored = 0;
+        if (!s->anchored) {
+            s->anchored = 1;
+            s->anchor_arrival = arrival;
+            s->anchor_ts = s->ts;
+            s->anchor_offset = (int64_t)nearbyint((arrival - start) * CLOCK); /* round half to even */
+        }
+        int64_t offset = s->anchor_offset + floor_div((s->ts - s->anchor_ts) * CLOCK, CLOCK);
+        int64_t first = offset > 0 ? offset : 0;
+        int64_t last = offset + (int64_t)(length - 12);
+        if (last > frames)
+            last = frames;
+        if (last <= first)
+            continue;
+        if (first < written_to) {
+            plain = 0; /* overlapping payloads: the order of writes matters */
+            break;
+        }
+        written_to = last;
+        const unsigned char *payload = d + 12 + (first - offset);
+        const int16_t *table = tables[kind];
+        int16_t *sample = out + first * channels;
+        for (int64_t i = 0; i < last - first; i++)
+            sample[i * channels] = table[payload[i]];
+    }
+    if (!plain) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    PyObject *per_ssrc = PyList_New(count);
+    if (per_ssrc == NULL)
+        goto done;
+    for (int i = 0; i < count; i++) {
+        PyObject *item = ssrc_tuple(&ssrcs[i]);
+        if (item == NULL) {
+            Py_DECREF(per_ssrc);
+            goto done;
+        }
+        PyList_SET_ITEM(per_ssrc, i, item);
+    }
+    result = Py_BuildValue("LLLLLLON", datagrams, rtcp, early, late, placed, comfort_noise, events, per_ssrc);
+done:
+    Py_XDECREF(events);
+    PyBuffer_Release(&spool);
+    PyBuffer_Release(&kinds);
+    PyBuffer_Release(&ulaw);
+    PyBuffer_Release(&alaw);
+    PyBuffer_Release(&block);
+    return result;
+}
+
+PyDoc_STRVAR(jitter_doc,
+"jitter(changes, jitter) -> (jitter, highest)\n\n"
+"RFC 3550 A.8 over `changes` (a float64 buffer of |D| values) from `jitter`: the final estimate and\n"
+"the largest one along the way (at least `jitter`).");
+
+static PyObject *jitter_run(PyObject *module, PyObject *args) {
+    (void)module;
+    Py_buffer changes;
+    double jitter;
+    if (!PyArg_ParseTuple(args, "y*d", &changes, &jitter))
+        return NULL;
+    if (changes.len % sizeof(double)) {
+        PyBuffer_Release(&changes);
+        PyErr_SetString(PyExc_ValueError, "jitter: changes must be float64");
+        return NULL;
+    }
+    const double *d = changes.buf;
+    Py_ssize_t count = changes.len / (Py_ssize_t)sizeof(double);
+    double top = jitter;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        jitter += (d[i] - jitter) / 16;
+        if (jitter > top)
+            top = jitter;
+    }
+    PyBuffer_Release(&changes);
+    return Py_BuildValue("dd", jitter, top);
+}
+
+static PyMethodDef methods[] = {
+    {"render_g711", render_g711, METH_VARARGS, render_g711_doc},
+    {"jitter", jitter_run, METH_VARARGS, jitter_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "capture._spoolrender", "The renderer's compiled fast path.", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__spoolrender(void) {
+    return PyModule_Create(&module);
+}
