@@ -22,3 +22,16 @@ def test_a_render_worker_is_set_up_for_the_job() -> None:
     assert niceness >= os.nice(0) + WORKER_NICENESS or niceness == 19
     assert thresholds == GC_THRESHOLDS
     assert renderer_loaded or server_was_running  # imported by the fork server before forking
+
+
+def _threads_after_numpy() -> int:
+    import numpy  # noqa: F401 - imported for its side effect (OpenBLAS starts its threads)
+
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_a_render_worker_does_not_start_blas_threads() -> None:
+    """OpenBLAS would start a thread per core in every worker; they spin and take CPU from the loop."""
+    with render_pool(1) as pool:  # the fork server, whoever started it, came from render_pool or prestart
+        threads = pool.submit(_threads_after_numpy).result(timeout=60)
+    assert threads == 1
