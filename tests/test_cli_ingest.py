@@ -179,3 +179,17 @@ def test_auto_workers_by_capture_size() -> None:
 
     assert auto_workers(WORKERS_ABOVE_BYTES) == 0
     assert auto_workers(WORKERS_ABOVE_BYTES + 1) >= 1
+
+
+def test_ingest_to_a_directory_loads_no_delivery_clients(tmp_path: Path) -> None:
+    """httpx and redis (~0.15 s of imports) are for --to targets; --out alone does not load them."""
+    script = (
+        "import sys\n"
+        "from vcon_capture.cli import main\n"
+        f"code = main(['ingest', {str(SAMPLE)!r}, '--out', {str(tmp_path)!r}])\n"
+        "print(code, sorted(name for name in ('httpx', 'redis') if name in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "0 []"
+    assert len(load_vcons(tmp_path)) == 3

@@ -21,9 +21,11 @@ class IngestOutput:
     """``put`` each vCon; ``finish`` delivers what went to the outbox (or leaves it there)."""
 
     def __init__(self, out: Path | None, targets: list[str], token: str | None, spool: Path | None) -> None:
-        from delivery.sinks import DirectorySink
+        self.directory: Any = None
+        if out is not None:  # imported only here: the sinks module loads httpx and redis (~0.15 s)
+            from delivery.sinks import DirectorySink
 
-        self.directory = DirectorySink(out) if out is not None else None
+            self.directory = DirectorySink(out)
         self.outbox: Any = None
         self.count = 0
         if targets:
