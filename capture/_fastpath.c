@@ -28,7 +28,15 @@ static inline uint32_t read_u32(const unsigned char *p, int big_endian) {
 /* Append "<dI" (arrival, length) and the payload to a bytearray. Returns 0, or -1 with an error set. */
 static int append_record(PyObject *buffer, double arrival, const unsigned char *payload, Py_ssize_t length) {
     Py_ssize_t size = PyByteArray_GET_SIZE(buffer);
-    if (PyByteArray_Resize(buffer, size + 12 + length) < 0)
+    Py_ssize_t needed = size + 12 + length;
+    if (needed >= ((PyByteArrayObject *)buffer)->ob_alloc) {
+        /* Grow by doubling (bytearray's own growth is 1/8: with thousands of spools growing side by
+         * side, realloc copied each about nine times over). Growing to twice the size and then
+         * setting the size back keeps the allocation: bytearray only shrinks below half of it. */
+        if (PyByteArray_Resize(buffer, 2 * needed) < 0)
+            return -1;
+    }
+    if (PyByteArray_Resize(buffer, needed) < 0)
         return -1;
     char *out = PyByteArray_AS_STRING(buffer) + size;
     uint32_t len32 = (uint32_t)length;
