@@ -1,11 +1,11 @@
 /*
- * The renderer's fast path, compiled: one plain G.711 spool in one pass.
+ * The renderer's fast path, compiled: a plain G.711 spool in one pass, chunk by chunk.
  *
- * render_g711() reads a spool (records of "<dI" arrival and length, then the datagram) and, when the
+ * render_g711() reads a spool's records ("<dI" arrival and length, then the datagram) and, while the
  * spool is *plain*, does in one pass what capture/render.py's scan and fast placer do with arrays:
  * the RFC 3550 statistics of each SSRC (A.1/A.3/A.8, as StatsTracker.update does them, packet by
- * packet) and the placement of the G.711 payloads, table-decoded, into one column of an interleaved
- * int16 block. Plain means:
+ * packet) and the placement of the G.711 payloads on the output timeline, table-decoded into runs of
+ * samples the caller writes to the channel (memory or file). Plain means:
  *   - every record is RTCP or an RTP packet with a bare 12-byte header (0x80: no padding, extension
  *     or CSRCs);
  *   - at most MAX_SSRCS SSRCs; each carries one G.711 payload type at most, and perhaps comfort
@@ -14,8 +14,8 @@
  *     one on a telephone-event: a duplicate), and the timestamps of its timed packets (audio,
  *     comfort noise) by 1..2^31-1: no other duplicate, no reordering or restart;
  *   - the placed payloads never overlap in the output (each starts at or after the previous end).
- * On anything else it returns None and the caller renders the call the general way: the block may
- * then hold partial writes and must be discarded. It holds no state and does no I/O.
+ * On anything else it returns None and the caller renders the call the general way, discarding what
+ * it wrote. The spool's state between chunks lives in a buffer the caller owns; no I/O here.
  *
  * jitter() is RFC 3550 A.8's J += (|D| - J)/16 over an array of |D|, the same sequential arithmetic.
  */
@@ -63,64 +63,51 @@ typedef struct {
     int64_t anchor_ts, anchor_offset;
 } Ssrc;
 
-PyDoc_STRVAR(render_g711_doc,
-"render_g711(spool, kinds, ulaw, alaw, start, stop, block, channel, channels, frames) -> tuple | None\n\n"
-"Render one plain spool (see the module comment) into column `channel` of `block` (a writable\n"
-"C-contiguous int16 buffer of `frames` x `channels`). `kinds` has 128 bytes, one per payload type:\n"
-"0 not plain, 1 µ-law, 2 A-law, 3 comfort noise (8 kHz), 4 telephone-event. `ulaw` and `alaw` are\n"
-"the 256-entry int16 decode tables. Audio arriving in [start, stop] is placed. Returns None when the\n"
-"spool is not plain, else (datagrams, rtcp, early, late, placed, comfort_noise, events, ssrcs):\n"
-"early/late/placed count audio packets; events lists the telephone-event packets as (arrival, ssrc,\n"
-"timestamp, payload type, payload); ssrcs has per SSRC in order of appearance (ssrc, payload types\n"
-"(a list), audio payload type or -1, packets, duplicates, audio packets, first_arrival, last_arrival, max_delta,\n"
-"lowest, highest, jitter, max_jitter, frame_seconds).");
+/* A spool's state between chunks: lives in a bytearray the caller keeps (state_size() bytes, zeroed). */
+typedef struct {
+    long long datagrams, rtcp, early, late, placed, comfort_noise;
+    int64_t written_to; /* output frames before this are written: payloads must not overlap */
+    int count;          /* SSRCs seen */
+    Ssrc ssrcs[MAX_SSRCS];
+} State;
 
-static PyObject *ssrc_tuple(const Ssrc *s) {
-    PyObject *types = PyList_New(0);
-    if (types == NULL)
-        return NULL;
-    for (int pt = 0; pt < 128; pt++) {
-        if (!(s->pts[pt >> 6] >> (pt & 63) & 1))
-            continue;
-        PyObject *value = PyLong_FromLong(pt);
-        if (value == NULL || PyList_Append(types, value) < 0) {
-            Py_XDECREF(value);
-            Py_DECREF(types);
-            return NULL;
-        }
-        Py_DECREF(value);
-    }
-    return Py_BuildValue("kNiLLLdddLLddd", (unsigned long)s->ssrc, types, s->audio_pt, s->packets, s->duplicates,
-                         s->audio,
-                         s->first_arrival, s->last_arrival, s->max_delta, (long long)s->lowest,
-                         (long long)s->seq, s->jitter, s->max_jitter, s->frame_seconds);
-}
+PyDoc_STRVAR(render_g711_doc,
+"render_g711(state, chunk, kinds, ulaw, alaw, start, stop, frames, scratch) -> (consumed, runs, events) | None\n\n"
+"Take the complete records at the front of `chunk` (a spool's records, in order, from where the last\n"
+"call stopped) into `state` (a zeroed bytearray of state_size() bytes, one per spool). `kinds` has\n"
+"128 bytes, one per payload type: 0 not plain, 1 µ-law, 2 A-law, 3 comfort noise (8 kHz),\n"
+"4 telephone-event; `ulaw` and `alaw` are the 256-entry int16 decode tables. Audio arriving in\n"
+"[start, stop] is decoded into `scratch` (a writable int16 buffer of at least len(chunk) samples)\n"
+"and placed on the output timeline, clipped to [0, frames). Returns None when the spool is not plain\n"
+"(see the module comment), else how many bytes of `chunk` it consumed (the rest is a torn record:\n"
+"pass it again with the next chunk), the runs to write as (output frame, scratch index, samples),\n"
+"contiguous runs joined, and the telephone-event packets as (arrival, ssrc, timestamp, payload type,\n"
+"payload).");
 
 static PyObject *render_g711(PyObject *module, PyObject *args) {
     (void)module;
-    Py_buffer spool, kinds, ulaw, alaw, block;
+    Py_buffer state_buf, chunk, kinds, ulaw, alaw, scratch;
     double start, stop;
-    Py_ssize_t channel, channels, frames;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*ddw*nnn", &spool, &kinds, &ulaw, &alaw, &start, &stop, &block,
-                          &channel, &channels, &frames))
+    Py_ssize_t frames;
+    if (!PyArg_ParseTuple(args, "w*y*y*y*y*ddnw*", &state_buf, &chunk, &kinds, &ulaw, &alaw, &start, &stop,
+                          &frames, &scratch))
         return NULL;
-    PyObject *result = NULL, *events = NULL;
-    if (kinds.len != 128 || ulaw.len != 512 || alaw.len != 512 || channels <= 0 || channel < 0 ||
-        channel >= channels || frames < 0 || block.len < (Py_ssize_t)(2 * channels * frames)) {
-        PyErr_SetString(PyExc_ValueError, "render_g711: bad table or block size");
+    PyObject *result = NULL, *events = NULL, *runs = NULL;
+    if (state_buf.len != (Py_ssize_t)sizeof(State) || kinds.len != 128 || ulaw.len != 512 || alaw.len != 512 ||
+        frames < 0 || scratch.len < 2 * chunk.len) {
+        PyErr_SetString(PyExc_ValueError, "render_g711: bad state, table or scratch size");
         goto done;
     }
     events = PyList_New(0);
-    if (events == NULL)
+    runs = PyList_New(0);
+    if (events == NULL || runs == NULL)
         goto done;
-    const unsigned char *data = spool.buf, *kind_of = kinds.buf;
+    State *st = state_buf.buf;
+    const unsigned char *data = chunk.buf, *kind_of = kinds.buf;
     const int16_t *tables[3] = {NULL, ulaw.buf, alaw.buf};
-    int16_t *out = (int16_t *)block.buf + channel;
-    Py_ssize_t size = spool.len, position = 0;
-    long long datagrams = 0, rtcp = 0, early = 0, late = 0, placed = 0, comfort_noise = 0;
-    Ssrc ssrcs[MAX_SSRCS];
-    int count = 0;
-    int64_t written_to = 0;
+    int16_t *out = scratch.buf;
+    Py_ssize_t size = chunk.len, position = 0, used = 0;
+    int64_t run_frame = 0, run_start = 0, run_length = 0; /* the run being gathered */
     int plain = 1;
 
     while (position + 12 <= size) {
@@ -129,13 +116,13 @@ static PyObject *render_g711(PyObject *module, PyObject *args) {
         memcpy(&arrival, data + position, 8);
         memcpy(&length, data + position + 8, 4);
         if ((Py_ssize_t)length > size - position - 12)
-            break; /* a torn last record is dropped */
+            break; /* torn: the caller passes it again with the next chunk, or drops it at the end */
         const unsigned char *d = data + position + 12;
         position += 12 + (Py_ssize_t)length;
-        datagrams++;
+        st->datagrams++;
         /* RFC 5761 §4: a second octet of 192-223 after version 2 is RTCP. */
         if (length >= 8 && (d[0] >> 6) == 2 && d[1] >= 192 && d[1] <= 223) {
-            rtcp++;
+            st->rtcp++;
             continue;
         }
         if (length < 12 || d[0] != 0x80) {
@@ -150,17 +137,17 @@ static PyObject *render_g711(PyObject *module, PyObject *args) {
             break;
         }
         Ssrc *s = NULL;
-        for (int i = 0; i < count; i++)
-            if (ssrcs[i].ssrc == source) {
-                s = &ssrcs[i];
+        for (int i = 0; i < st->count; i++)
+            if (st->ssrcs[i].ssrc == source) {
+                s = &st->ssrcs[i];
                 break;
             }
         if (s == NULL) {
-            if (count == MAX_SSRCS) {
+            if (st->count == MAX_SSRCS) {
                 plain = 0;
                 break;
             }
-            s = &ssrcs[count++];
+            s = &st->ssrcs[st->count++];
             memset(s, 0, sizeof *s);
             s->ssrc = source;
             s->audio_pt = -1;
@@ -214,7 +201,7 @@ static PyObject *render_g711(PyObject *module, PyObject *args) {
         }
         s->raw_ts = raw_ts;
         if (kind == COMFORT_NOISE) {
-            comfort_noise++;
+            st->comfort_noise++;
             continue;
         }
         if (s->audio_pt < 0)
@@ -229,14 +216,14 @@ static PyObject *render_g711(PyObject *module, PyObject *args) {
         s->audio_seq = s->seq;
         s->audio_ts = s->ts;
         if (arrival < start) {
-            early++;
+            st->early++;
             continue;
         }
         if (arrival > stop) {
-            late++;
+            st->late++;
             continue;
         }
-        placed++;
+        st->placed++;
         /* The timeline anchor of render._SsrcPlacer.place (rate == clock: offsets are timestamps). */
         if (s->anchored && fabs(arrival - (s->anchor_arrival + (double)(s->ts - s->anchor_ts) / CLOCK)) >
                                REANCHOR_SECONDS)
@@ -254,40 +241,114 @@ static PyObject *render_g711(PyObject *module, PyObject *args) {
             last = frames;
         if (last <= first)
             continue;
-        if (first < written_to) {
+        if (first < st->written_to) {
             plain = 0; /* overlapping payloads: the order of writes matters */
             break;
         }
-        written_to = last;
+        st->written_to = last;
         const unsigned char *payload = d + 12 + (first - offset);
         const int16_t *table = tables[kind];
-        int16_t *sample = out + first * channels;
         for (int64_t i = 0; i < last - first; i++)
-            sample[i * channels] = table[payload[i]];
+            out[used + i] = table[payload[i]];
+        if (run_length && first == run_frame + run_length) {
+            run_length += last - first;
+        } else {
+            if (run_length) {
+                PyObject *run = Py_BuildValue("LLL", (long long)run_frame, (long long)run_start, (long long)run_length);
+                if (run == NULL || PyList_Append(runs, run) < 0) {
+                    Py_XDECREF(run);
+                    goto done;
+                }
+                Py_DECREF(run);
+            }
+            run_frame = first;
+            run_start = used;
+            run_length = last - first;
+        }
+        used += last - first;
     }
     if (!plain) {
         result = Py_NewRef(Py_None);
         goto done;
     }
-    PyObject *per_ssrc = PyList_New(count);
+    if (run_length) {
+        PyObject *run = Py_BuildValue("LLL", (long long)run_frame, (long long)run_start, (long long)run_length);
+        if (run == NULL || PyList_Append(runs, run) < 0) {
+            Py_XDECREF(run);
+            goto done;
+        }
+        Py_DECREF(run);
+    }
+    result = Py_BuildValue("nOO", position, runs, events);
+done:
+    Py_XDECREF(events);
+    Py_XDECREF(runs);
+    PyBuffer_Release(&state_buf);
+    PyBuffer_Release(&chunk);
+    PyBuffer_Release(&kinds);
+    PyBuffer_Release(&ulaw);
+    PyBuffer_Release(&alaw);
+    PyBuffer_Release(&scratch);
+    return result;
+}
+
+static PyObject *ssrc_tuple(const Ssrc *s) {
+    PyObject *types = PyList_New(0);
+    if (types == NULL)
+        return NULL;
+    for (int pt = 0; pt < 128; pt++) {
+        if (!(s->pts[pt >> 6] >> (pt & 63) & 1))
+            continue;
+        PyObject *value = PyLong_FromLong(pt);
+        if (value == NULL || PyList_Append(types, value) < 0) {
+            Py_XDECREF(value);
+            Py_DECREF(types);
+            return NULL;
+        }
+        Py_DECREF(value);
+    }
+    return Py_BuildValue("kNiLLLdddLLddd", (unsigned long)s->ssrc, types, s->audio_pt, s->packets, s->duplicates,
+                         s->audio, s->first_arrival, s->last_arrival, s->max_delta, (long long)s->lowest,
+                         (long long)s->seq, s->jitter, s->max_jitter, s->frame_seconds);
+}
+
+PyDoc_STRVAR(plain_result_doc,
+"plain_result(state) -> (datagrams, rtcp, early, late, placed, comfort_noise, ssrcs)\n\n"
+"What a spool's state holds after its last chunk: early/late/placed count audio packets; ssrcs has\n"
+"per SSRC in order of appearance (ssrc, payload types (a list), audio payload type or -1, packets,\n"
+"duplicates, audio packets, first_arrival, last_arrival, max_delta, lowest, highest, jitter,\n"
+"max_jitter, frame_seconds).");
+
+static PyObject *plain_result(PyObject *module, PyObject *args) {
+    (void)module;
+    Py_buffer state_buf;
+    if (!PyArg_ParseTuple(args, "y*", &state_buf))
+        return NULL;
+    PyObject *result = NULL;
+    if (state_buf.len != (Py_ssize_t)sizeof(State)) {
+        PyErr_SetString(PyExc_ValueError, "plain_result: bad state size");
+        goto done;
+    }
+    const State *st = state_buf.buf;
+    if (st->count < 0 || st->count > MAX_SSRCS) {
+        PyErr_SetString(PyExc_ValueError, "plain_result: corrupt state");
+        goto done;
+    }
+    PyObject *per_ssrc = PyList_New(st->count);
     if (per_ssrc == NULL)
         goto done;
-    for (int i = 0; i < count; i++) {
-        PyObject *item = ssrc_tuple(&ssrcs[i]);
+    for (int i = 0; i < st->count; i++) {
+        PyObject *item = ssrc_tuple(&st->ssrcs[i]);
         if (item == NULL) {
             Py_DECREF(per_ssrc);
             goto done;
         }
         PyList_SET_ITEM(per_ssrc, i, item);
     }
-    result = Py_BuildValue("LLLLLLON", datagrams, rtcp, early, late, placed, comfort_noise, events, per_ssrc);
+    result = Py_BuildValue("LLLLLLN", st->datagrams, st->rtcp, st->early, st->late, st->placed, st->comfort_noise,
+                           per_ssrc);
 done:
-    Py_XDECREF(events);
-    PyBuffer_Release(&spool);
-    PyBuffer_Release(&kinds);
-    PyBuffer_Release(&ulaw);
-    PyBuffer_Release(&alaw);
-    PyBuffer_Release(&block);
+    PyBuffer_Release(&state_buf);
     return result;
 }
 
@@ -321,6 +382,7 @@ static PyObject *jitter_run(PyObject *module, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"render_g711", render_g711, METH_VARARGS, render_g711_doc},
+    {"plain_result", plain_result, METH_VARARGS, plain_result_doc},
     {"jitter", jitter_run, METH_VARARGS, jitter_doc},
     {NULL, NULL, 0, NULL},
 };
@@ -331,5 +393,10 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__spoolrender(void) {
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "STATE_SIZE", (long)sizeof(State)) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

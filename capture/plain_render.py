@@ -2,9 +2,10 @@
 
 Nearly every call a PBX or SBC carries is G.711 with bare RTP headers (no padding, extension or
 CSRCs), a few SSRCs per direction, sequence numbers in order, perhaps with DTMF (RFC 4733) and
-comfort noise. For those, :func:`render_plain` reads each spool once in C (``capture._spoolrender``): statistics and
-placement of the audio in one pass, instead of the renderer's two array passes (each costs hundreds
-of numpy calls per call, which dominate the worker's time). Anything else — or an install without
+comfort noise. For those, :func:`render_plain` reads each spool once, chunk by chunk, in C
+(``capture._spoolrender``): statistics and placement of the audio in one pass, instead of the
+renderer's two array passes (each costs hundreds of numpy calls per call, which dominated the
+worker's time). Anything else — or an install without
 the compiled module — returns None, and the renderer takes its general path, which gives the same
 result (checked by tests that render both ways).
 """
@@ -13,9 +14,10 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -30,11 +32,11 @@ try:  # built from capture/_spoolrender.c when a compiler was there at install t
 except ImportError:  # pragma: no cover - depends on the build
     _spoolrender = None
 
-__all__ = ["AVAILABLE", "PlainSpool", "PlainSsrc", "jitter_filter", "render_plain"]
+__all__ = ["AVAILABLE", "ChannelOut", "PlainSpool", "PlainSsrc", "jitter_filter", "render_plain"]
 
 AVAILABLE = _spoolrender is not None
-#: Spool files larger than this are left to the general path (which reads them in chunks).
-MAX_SPOOL_BYTES = 8 << 20
+#: Spool files are read this much at a time (memory stays flat however long the call).
+READ_CHUNK = 1 << 18
 
 _ULAW = ULAW_TABLE.astype("<i2").tobytes()
 _ALAW = ALAW_TABLE.astype("<i2").tobytes()
@@ -120,50 +122,72 @@ def _kinds(epochs: Sequence[CodecEpoch]) -> tuple[bytes, dict[int, CodecSpec]]:
     return known
 
 
-def _spool_bytes(spool: SpoolInfo) -> bytes | None:
-    """The spool's records (empty when it has none), or None when too large to take whole."""
+class ChannelOut(Protocol):
+    """Where a channel's samples go (memory or a sparse file): `capture.render`'s channels."""
+
+    def write(self, offset: int, samples: npt.NDArray[np.int16]) -> None: ...
+
+
+def _chunks(spool: SpoolInfo) -> Iterator[bytes | memoryview]:
+    """The spool's records in pieces of about READ_CHUNK bytes (records may straddle them)."""
     source = spool.source
     if not isinstance(source, Path):
-        return source
-    try:
-        if os.path.getsize(source) > MAX_SPOOL_BYTES:
+        yield source
+        return
+    if not source.exists():
+        return  # a spool that never received a datagram has no file
+    with open(source, "rb") as handle:
+        while piece := handle.read(READ_CHUNK):
+            yield piece
+
+
+def _render_spool(spool: SpoolInfo, out: ChannelOut, start: float, stop: float, frames: int) -> PlainSpool | None:
+    assert _spoolrender is not None
+    render = _spoolrender.render_g711
+    kinds, specs = _kinds(spool.codec_epochs)
+    state = bytearray(_spoolrender.STATE_SIZE)
+    events: list[tuple[float, int, int, int, bytes]] = []
+    carry = b""
+    for piece in _chunks(spool):
+        chunk = carry + piece if carry else piece
+        scratch = np.empty(len(chunk), dtype=np.int16)
+        found = render(state, chunk, kinds, _ULAW, _ALAW, start, stop, frames, scratch)
+        if found is None:
             return None
-        return source.read_bytes()
-    except FileNotFoundError:
-        return b""
+        consumed, runs, chunk_events = found
+        for frame, begin, length in runs:
+            out.write(frame, scratch[begin : begin + length])
+        events.extend(chunk_events)
+        carry = bytes(chunk[consumed:])  # a record torn by the chunk boundary (dropped at the end)
+    datagrams, rtcp, early, late, placed, comfort_noise, ssrcs = _spoolrender.plain_result(state)
+    return PlainSpool(datagrams, rtcp, early, late, placed, comfort_noise, events,
+                      [PlainSsrc(*ssrc) for ssrc in ssrcs], specs)
 
 
 def render_plain(
-    channels: Sequence[Sequence[SpoolInfo]], start: float, stop: float, frames: int
-) -> tuple[list[list[PlainSpool]], npt.NDArray[np.int16]] | None:
-    """Scan and place every spool of a call the compiled way into a (frames x channels) block.
+    channels: Sequence[Sequence[SpoolInfo]], outs: Sequence[ChannelOut], start: float, stop: float, frames: int
+) -> list[list[PlainSpool]] | None:
+    """Scan every spool of a call and place its audio on ``outs`` (one per channel) the compiled way.
 
-    ``stop`` is the end of the window of placed packets (the recording's end plus the grace).
-    Returns per channel the result of each of its spools, and the block; None when the compiled
-    module is missing or any spool is not plain.
+    ``stop`` is the end of the window of placed packets (the recording's end plus the grace);
+    samples are clipped to [0, frames). Returns per channel the result of each of its spools; None
+    when the compiled module is missing or any spool is not plain, and then ``outs`` may hold
+    partial audio and must be discarded.
     """
     if _spoolrender is None:
         return None
     if any(spool.encrypted for spools in channels for spool in spools):
         return None
-    render = _spoolrender.render_g711
-    block = np.zeros((frames, len(channels)), dtype="<i2")
     results: list[list[PlainSpool]] = []
-    for index, spools in enumerate(channels):
+    for spools, out in zip(channels, outs, strict=True):
         done: list[PlainSpool] = []
         for spool in spools:
-            data = _spool_bytes(spool)
-            if data is None:
-                return None
-            kinds, specs = _kinds(spool.codec_epochs)
-            found = render(data, kinds, _ULAW, _ALAW, start, stop, block, index, len(channels), frames)
+            found = _render_spool(spool, out, start, stop, frames)
             if found is None:
                 return None
-            datagrams, rtcp, early, late, placed, comfort_noise, events, ssrcs = found
-            done.append(PlainSpool(datagrams, rtcp, early, late, placed, comfort_noise, events,
-                                   [PlainSsrc(*ssrc) for ssrc in ssrcs], specs))
+            done.append(found)
         results.append(done)
-    return results, block
+    return results
 
 
 def jitter_filter(changes: npt.NDArray[np.float64], jitter: float) -> tuple[float, float] | None:

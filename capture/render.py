@@ -47,6 +47,7 @@ import numpy.typing as npt
 from numpy.lib.stride_tricks import as_strided
 
 from capture.codecs import ALAW_TABLE, ULAW_TABLE, CodecError, Decoder, G711Decoder, audio_rate, get_decoder
+from capture.plain_render import AVAILABLE as _PLAIN_AVAILABLE
 from capture.plain_render import PlainSpool, render_plain
 from capture.rtp import EVENT_DIGITS, RtpPacket, RtpParseError, TelephoneEvent, is_rtcp
 from capture.rtpstats import (
@@ -1008,13 +1009,11 @@ def render_recording(
     out_path = Path(out_path)
     holder: list[bytes] | None = [] if in_memory else None
     path: Path | None = None
-    plain = _render_plain_call(channels, start, end)
+    plain = _render_plain_call(channels, start, end, out_path, holder)
     if plain is not None:
-        scans, placed, block = plain
-        rate, frames = 8000, len(block)
-        if any(counts.decoded for counts in placed):
-            path = _store_block(block, rate, out_path, holder)
-        else:
+        scans, placed, path = plain
+        rate, frames = 8000, max(round((end - start) * 8000), 0)
+        if not any(counts.decoded for counts in placed):
             holder = None
     else:
         cache = _BatchCache(IN_MEMORY_BYTES)
@@ -1111,25 +1110,58 @@ def _store_block(block: Int16Array, rate: int, out_path: Path, holder: list[byte
 
 
 def _render_plain_call(
-    channels: Sequence[Sequence[SpoolInfo]], start: float, end: float
-) -> tuple[list[_ChannelScan], list[_PlaceCounts], Int16Array] | None:
-    """The compiled one-pass render (:mod:`capture.plain_render`) when every spool is plain G.711 and
-    the recording fits in memory: the scans and counts the general path would give, and the block."""
+    channels: Sequence[Sequence[SpoolInfo]], start: float, end: float, out_path: Path, holder: list[bytes] | None
+) -> tuple[list[_ChannelScan], list[_PlaceCounts], Path | None] | None:
+    """The compiled one-pass render (:mod:`capture.plain_render`) when every spool is plain G.711:
+    the scans and counts the general path would give, and the WAV's path (None when it went to
+    `holder` or there is no audio). None when it does not apply: nothing is written then."""
     frames = max(round((end - start) * 8000), 0)
-    if not frames or not channels or 2 * frames * len(channels) > IN_MEMORY_BYTES:
+    if not frames or not channels or not _PLAIN_AVAILABLE:
         return None
-    plain = render_plain(channels, start, end + END_GRACE_SECONDS, frames)
-    if plain is None:
+    count = len(channels)
+    if 2 * frames * count <= IN_MEMORY_BYTES:
+        block = np.zeros((frames, count), dtype="<i2")
+        found = _plain_scans(channels, [_MemoryChannel(block[:, index]) for index in range(count)], start, end)
+        if found is None:
+            return None
+        scans, placed = found
+        if not any(counts.decoded for counts in placed):
+            return scans, placed, None
+        return scans, placed, _store_block(block, 8000, out_path, holder)
+    # Long: one sparse file per channel, interleaved at the end, as the general path does.
+    part = out_path.with_name(out_path.name + ".part")
+    pcm_paths = [out_path.with_name(f".{out_path.name}.ch{index}.pcm") for index in range(count)]
+    try:
+        with ExitStack() as files:
+            outs: list[_Channel] = [_FileChannel(files.enter_context(open(path, "w+b"))) for path in pcm_paths]
+            found = _plain_scans(channels, outs, start, end)
+        if found is None:
+            return None
+        scans, placed = found
+        if not any(counts.decoded for counts in placed):
+            return scans, placed, None
+        _interleave(pcm_paths, part, 8000, frames)
+        os.replace(part, out_path)
+        return scans, placed, out_path
+    finally:
+        for temporary in (*pcm_paths, part):
+            temporary.unlink(missing_ok=True)
+
+
+def _plain_scans(
+    channels: Sequence[Sequence[SpoolInfo]], outs: Sequence[_Channel], start: float, end: float
+) -> tuple[list[_ChannelScan], list[_PlaceCounts]] | None:
+    frames = max(round((end - start) * 8000), 0)
+    results = render_plain(channels, outs, start, end + END_GRACE_SECONDS, frames)
+    if results is None:
         return None
-    results, block = plain
     scans: list[_ChannelScan] = []
     for index, (spools, found_in) in enumerate(zip(channels, results, strict=True)):
         scan = _ChannelScan(index)
         for spool, found in zip(spools, found_in, strict=True):
             _plain_scan(scan, spool.stream_id, found)
         scans.append(scan)
-    placed = [_PlaceCounts(decoded=scan.audio) for scan in scans]
-    return scans, placed, block
+    return scans, [_PlaceCounts(decoded=scan.audio) for scan in scans]
 
 
 def _plain_scan(scan: _ChannelScan, stream_id: str, found: PlainSpool) -> None:

@@ -106,7 +106,7 @@ def _plain_path_was_exercised() -> object:
 
 def _both_ways(channels: list[list[SpoolInfo]], start: float, end: float, directory: Path,
                in_memory: bool) -> tuple[Any, Any, bool]:
-    plain = render._render_plain_call(channels, start, end) is not None
+    plain = render._render_plain_call(channels, start, end, directory / "probe.wav", []) is not None
     PLAIN_RUNS.append(plain)
     compiled = render_recording(channels, start=start, end=end, out_path=directory / "c.wav", in_memory=in_memory)
     compiled_wav = compiled.wav if compiled.path is None else compiled.path.read_bytes()
@@ -120,11 +120,16 @@ def _both_ways(channels: list[list[SpoolInfo]], start: float, end: float, direct
 @needs_module
 @settings(max_examples=150, deadline=None)
 @given(first=plain_streams(), second=plain_streams(), extra=st.one_of(st.none(), plain_streams()),
-       window=st.tuples(st.floats(-1.0, 2.0), st.floats(0.0, 8.0)), in_memory=st.booleans())
+       window=st.tuples(st.floats(-1.0, 2.0), st.floats(0.0, 8.0)), in_memory=st.booleans(),
+       chunk=st.sampled_from([300, 4096, 1 << 18]), memory_limit=st.sampled_from([render.IN_MEMORY_BYTES, 4096]))
 def test_plain_render_equals_the_general_path(first: list[tuple[float, bytes]], second: list[tuple[float, bytes]],
                                               extra: list[tuple[float, bytes]] | None, window: tuple[float, float],
-                                              in_memory: bool) -> None:
-    with tempfile.TemporaryDirectory() as name:
+                                              in_memory: bool, chunk: int, memory_limit: int) -> None:
+    """Spools in files read in chunks that tear records; recordings in memory or (a low memory limit)
+    in per-channel files interleaved at the end, as long calls are."""
+    with tempfile.TemporaryDirectory() as name, pytest.MonkeyPatch.context() as limits:
+        limits.setattr(plain_render, "READ_CHUNK", chunk)
+        limits.setattr(render, "IN_MEMORY_BYTES", memory_limit)
         directory = Path(name)
         channels = [[_spool(directory, "a", first)], [_spool(directory, "b", second)]]
         if extra is not None:  # a second spool on one channel (a re-INVITE moved the media)
@@ -147,7 +152,9 @@ def _declines(records: list[tuple[float, bytes]], codecs: dict[int, CodecSpec] =
         stream.set_codecs(0.0, codecs)
         for arrival, data in records:
             stream.add(arrival, data)
-        return plain_render.render_plain([[stream.finish()]], T0, T0 + 10, 80_000) is None
+        block = np.zeros(80_000, dtype=np.int16)
+        return plain_render.render_plain([[stream.finish()]], [render._MemoryChannel(block)], T0, T0 + 10,
+                                         80_000) is None
 
 
 def _audio(count: int, **change: Any) -> list[tuple[float, bytes]]:
