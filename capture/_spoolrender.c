@@ -29,6 +29,7 @@
 #define REANCHOR_SECONDS 1.0
 #define CLOCK 8000
 #define MAX_SSRCS 8
+#define MAX_BRIDGE 8000 /* frames of silence written to join two runs (fewer, longer writes) */
 
 /* Payload-type kinds (the `kinds` table). */
 enum { NOT_PLAIN = 0, ULAW = 1, ALAW = 2, COMFORT_NOISE = 3, TELEPHONE_EVENT = 4 };
@@ -72,7 +73,7 @@ typedef struct {
 } State;
 
 PyDoc_STRVAR(render_g711_doc,
-"render_g711(state, chunk, kinds, ulaw, alaw, start, stop, frames, scratch) -> (consumed, runs, events) | None\n\n"
+"render_g711(state, chunk, kinds, ulaw, alaw, start, stop, frames, scratch, bridge) -> (consumed, runs, events) | None\n\n"
 "Take the complete records at the front of `chunk` (a spool's records, in order, from where the last\n"
 "call stopped) into `state` (a zeroed bytearray of state_size() bytes, one per spool). `kinds` has\n"
 "128 bytes, one per payload type: 0 not plain, 1 µ-law, 2 A-law, 3 comfort noise (8 kHz),\n"
@@ -82,15 +83,17 @@ PyDoc_STRVAR(render_g711_doc,
 "(see the module comment), else how many bytes of `chunk` it consumed (the rest is a torn record:\n"
 "pass it again with the next chunk), the runs to write as (output frame, scratch index, samples),\n"
 "contiguous runs joined, and the telephone-event packets as (arrival, ssrc, timestamp, payload type,\n"
-"payload).");
+"payload). With `bridge` (nothing else writes the channel's timeline: its first spool), runs less\n"
+"than a second apart are joined too, the gap filled with silence.");
 
 static PyObject *render_g711(PyObject *module, PyObject *args) {
     (void)module;
     Py_buffer state_buf, chunk, kinds, ulaw, alaw, scratch;
     double start, stop;
     Py_ssize_t frames;
-    if (!PyArg_ParseTuple(args, "w*y*y*y*y*ddnw*", &state_buf, &chunk, &kinds, &ulaw, &alaw, &start, &stop,
-                          &frames, &scratch))
+    int bridge;
+    if (!PyArg_ParseTuple(args, "w*y*y*y*y*ddnw*p", &state_buf, &chunk, &kinds, &ulaw, &alaw, &start, &stop,
+                          &frames, &scratch, &bridge))
         return NULL;
     PyObject *result = NULL, *events = NULL, *runs = NULL;
     if (state_buf.len != (Py_ssize_t)sizeof(State) || kinds.len != 128 || ulaw.len != 512 || alaw.len != 512 ||
@@ -106,7 +109,7 @@ static PyObject *render_g711(PyObject *module, PyObject *args) {
     const unsigned char *data = chunk.buf, *kind_of = kinds.buf;
     const int16_t *tables[3] = {NULL, ulaw.buf, alaw.buf};
     int16_t *out = scratch.buf;
-    Py_ssize_t size = chunk.len, position = 0, used = 0;
+    Py_ssize_t size = chunk.len, position = 0, used = 0, capacity = scratch.len / (Py_ssize_t)sizeof *out;
     int64_t run_frame = 0, run_start = 0, run_length = 0; /* the run being gathered */
     int plain = 1;
 
@@ -246,12 +249,14 @@ static PyObject *render_g711(PyObject *module, PyObject *args) {
             break;
         }
         st->written_to = last;
-        const unsigned char *payload = d + 12 + (first - offset);
-        const int16_t *table = tables[kind];
-        for (int64_t i = 0; i < last - first; i++)
-            out[used + i] = table[payload[i]];
-        if (run_length && first == run_frame + run_length) {
-            run_length += last - first;
+        int64_t gap = first - (run_frame + run_length);
+        /* Room for the silence, this payload, and every payload still in the chunk (at most its bytes). */
+        int room = used + gap + (last - first) + (size - position) <= capacity;
+        if (run_length && (gap == 0 || (bridge && gap <= MAX_BRIDGE && room))) {
+            /* Join the run: a gap the channel has not been written in is silence either way. */
+            memset(out + used, 0, (size_t)gap * sizeof *out);
+            used += gap;
+            run_length += gap + (last - first);
         } else {
             if (run_length) {
                 PyObject *run = Py_BuildValue("LLL", (long long)run_frame, (long long)run_start, (long long)run_length);
@@ -265,6 +270,10 @@ static PyObject *render_g711(PyObject *module, PyObject *args) {
             run_start = used;
             run_length = last - first;
         }
+        const unsigned char *payload = d + 12 + (first - offset);
+        const int16_t *table = tables[kind];
+        for (int64_t i = 0; i < last - first; i++)
+            out[used + i] = table[payload[i]];
         used += last - first;
     }
     if (!plain) {

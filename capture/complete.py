@@ -13,6 +13,7 @@ from typing import Any
 from capture.calls import CALLEE, CALLER
 from capture.engine import FinishedCall, RenderJob
 from capture.recorder import RenderResult, render_recording
+from capture.rtpstats import StreamStats
 from conversation import events as ev
 from conversation.assembler import VENDOR, AssemblyOptions, assemble
 from conversation.model import Conversation, ConversationTracker
@@ -61,7 +62,7 @@ def media_events(
     streams: list[dict[str, Any]] = []
     for channel, report in enumerate(result.channel_reports):
         for stats in report.stream_stats:
-            item = _plain(stats)
+            item = _stats_item(stats)
             item["channel"] = channel
             item["party"] = channel
             streams.append(item)
@@ -81,19 +82,20 @@ def media_events(
     return out
 
 
-def _plain(obj: Any) -> Any:
-    """Dataclasses to JSON-able values."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(x) for x in obj]
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, float):
-        return round(obj, 6)
-    return obj
+_STATS_FIELDS = tuple(field.name for field in dataclasses.fields(StreamStats))
+
+
+def _stats_item(stats: StreamStats) -> dict[str, Any]:
+    """One stream's statistics as JSON values: floats to 6 decimals, tuples as lists."""
+    item: dict[str, Any] = {}
+    for name in _STATS_FIELDS:
+        value = getattr(stats, name)
+        if isinstance(value, float):
+            value = round(value, 6)
+        elif isinstance(value, tuple):
+            value = list(value)
+        item[name] = value
+    return item
 
 
 def build_conversation(job: FinishedCall) -> Conversation:

@@ -141,7 +141,8 @@ def _chunks(spool: SpoolInfo) -> Iterator[bytes | memoryview]:
             yield piece
 
 
-def _render_spool(spool: SpoolInfo, out: ChannelOut, start: float, stop: float, frames: int) -> PlainSpool | None:
+def _render_spool(spool: SpoolInfo, out: ChannelOut, start: float, stop: float, frames: int,
+                  bridge: bool) -> PlainSpool | None:
     assert _spoolrender is not None
     render = _spoolrender.render_g711
     kinds, specs = _kinds(spool.codec_epochs)
@@ -150,8 +151,8 @@ def _render_spool(spool: SpoolInfo, out: ChannelOut, start: float, stop: float, 
     carry = b""
     for piece in _chunks(spool):
         chunk = carry + piece if carry else piece
-        scratch = np.empty(len(chunk), dtype=np.int16)
-        found = render(state, chunk, kinds, _ULAW, _ALAW, start, stop, frames, scratch)
+        scratch = np.empty(2 * len(chunk), dtype=np.int16)  # decoded payloads, and silence joining runs
+        found = render(state, chunk, kinds, _ULAW, _ALAW, start, stop, frames, scratch, bridge)
         if found is None:
             return None
         consumed, runs, chunk_events = found
@@ -181,8 +182,9 @@ def render_plain(
     results: list[list[PlainSpool]] = []
     for spools, out in zip(channels, outs, strict=True):
         done: list[PlainSpool] = []
-        for spool in spools:
-            found = _render_spool(spool, out, start, stop, frames)
+        for number, spool in enumerate(spools):
+            # The channel's first spool writes on silence: gaps between its runs may be written too.
+            found = _render_spool(spool, out, start, stop, frames, bridge=number == 0)
             if found is None:
                 return None
             done.append(found)
