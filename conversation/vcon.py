@@ -58,8 +58,8 @@ def b64url_decode(text: str) -> bytes:
 
 def rfc3339(at: float) -> str:
     """UTC RFC 3339 time with milliseconds: ``2026-11-25T15:33:39.123Z``."""
-    dt = datetime.fromtimestamp(at, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    # isoformat truncates to milliseconds as microsecond // 1000 did, without strftime's cost.
+    return datetime.fromtimestamp(at, tz=UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def content_hash_bytes(data: bytes) -> str:

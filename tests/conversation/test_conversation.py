@@ -66,6 +66,13 @@ def test_encodings() -> None:
     assert rfc3339(0.5) == "1970-01-01T00:00:00.500Z"
 
 
+def test_rfc3339_truncates_to_milliseconds_in_utc() -> None:
+    assert rfc3339(1_795_623_616.4219) == "2026-11-25T16:20:16.421Z"  # truncated, not rounded
+    assert rfc3339(1_795_623_616.0) == "2026-11-25T16:20:16.000Z"
+    assert rfc3339(1_795_623_616.9999996) == "2026-11-25T16:20:17.000Z"  # microseconds round first
+    assert rfc3339(-0.25) == "1969-12-31T23:59:59.750Z"
+
+
 def test_answered_call_without_media_is_a_recording_dialog() -> None:
     (conv,) = fold([*basic_call(), ev.ConversationEnded(key=K, at=60.0)])
     vcon = assemble(conv, AssemblyOptions(domain="example.com"), now=100.0)
