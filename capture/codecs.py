@@ -444,9 +444,14 @@ def get_decoder(encoding: str, clock_rate: int, channels: int = 1, fmtp: str | N
     factory = _FACTORIES.get(encoding.upper())
     if factory is None or clock_rate <= 0:
         return None
-    import av.error
-
     try:
         return factory(clock_rate, channels, fmtp)
-    except (av.error.FFmpegError, ValueError, TypeError):
+    except (ValueError, TypeError):
         return None
+    except Exception as exc:
+        # PyAV (~0.1 s to import) is loaded by the factories that need it, not for G.711.
+        import av.error
+
+        if isinstance(exc, av.error.FFmpegError):
+            return None
+        raise

@@ -271,3 +271,31 @@ def test_rates_and_fmtp() -> None:
     assert audio_rate("pcmu", 8000) == 8000
     assert parse_fmtp("mode=30; octet-align=1;;") == {"mode": "30", "octet-align": "1"}
     assert parse_fmtp(None) == {}
+
+
+def test_g711_decoders_do_not_load_pyav() -> None:
+    """PyAV takes ~0.1 s to import: calls that are all G.711 (or CN, L16) never load it."""
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom capture.codecs import get_decoder\n"
+              "assert get_decoder('PCMU', 8000) and get_decoder('PCMA', 8000) and get_decoder('CN', 8000)\n"
+              "print('av' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert proc.stdout.strip() == "False"
+
+
+def test_a_codec_ffmpeg_cannot_open_has_no_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    from capture import codecs
+
+    def refused(clock: int, channels: int, fmtp: str | None) -> None:
+        raise av.error.InvalidDataError(1094995529, "codec refused")
+
+    def broken(clock: int, channels: int, fmtp: str | None) -> None:
+        raise RuntimeError("a bug, not a codec")
+
+    monkeypatch.setitem(codecs._FACTORIES, "G722", refused)
+    assert get_decoder("G722", 8000) is None
+    monkeypatch.setitem(codecs._FACTORIES, "G722", broken)
+    with pytest.raises(RuntimeError):
+        get_decoder("G722", 8000)
