@@ -623,3 +623,32 @@ def _check_parsers(data: bytes) -> None:
             pass
     e164_or_none(text)
     parse_identity(text)
+
+
+def test_from_and_to_parsed_once_per_header_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dialog repeats its From and To: each distinct header text is parsed once, and the cache of
+    parsed values is bounded."""
+    import capture.sip as sip_module
+
+    calls: list[str] = []
+    real = sip_module.NameAddr.parse
+
+    def counting(value: str) -> NameAddr:
+        calls.append(value)
+        return real(value)
+
+    def message(user: str) -> bytes:
+        return (f"BYE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK{user}\r\n"
+                f"From: <sip:{user}@example.com>;tag=a\r\nTo: <sip:bob@example.com>;tag=b\r\n"
+                f"Call-ID: c1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n").encode()
+
+    monkeypatch.setattr(sip_module.NameAddr, "parse", staticmethod(counting))
+    monkeypatch.setattr(sip_module, "_NAME_ADDRS", {})
+    monkeypatch.setattr(sip_module, "_NAME_ADDR_CACHE", 3)
+    (first,), (second,) = parse_datagram(message("alice")), parse_datagram(message("alice"))
+    assert len(calls) == 2
+    assert first.from_addr == second.from_addr and first.from_addr.uri.user == "alice" and first.to_tag == "b"
+    for user in ("u1", "u2", "u3", "u4"):  # more distinct values than the cache holds
+        (parsed,) = parse_datagram(message(user))
+        assert parsed.from_addr.uri.user == user
+    assert len(sip_module._NAME_ADDRS) <= 3
