@@ -62,3 +62,52 @@ def test_a_failed_batch_leaves_no_file(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         sink.write_batch_sync([("ok", [b"{}"]), ("bad", failing())])
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_each_file_starts_its_write_back_as_soon_as_it_is_written(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the next file is being built the disk already writes the last one; the batch's sync then
+    mostly waits for the end. Nothing is visible under a final name before the commit."""
+    events: list[str] = []
+    real_start, real_sync = atomic.start_writeback, atomic.sync_files
+
+    def start(fd: int) -> None:
+        events.append("writeback")
+        real_start(fd)
+
+    def sync(directory: Path, paths: list[str]) -> None:
+        events.append("sync")
+        real_sync(directory, paths)
+
+    monkeypatch.setattr(atomic, "start_writeback", start)
+    monkeypatch.setattr(atomic, "sync_files", sync)
+    sink = AtomicDirectory(tmp_path / "out")
+    with sink.batch() as batch:
+        batch.add("a", [b"{}"])
+        assert events == ["writeback"] and not list((tmp_path / "out").glob("*.vcon.json"))
+        batch.add("b", [b"{}"])
+        written = batch.commit()
+    assert events == ["writeback", "writeback", "sync"]
+    assert sorted(p.name for p in written) == ["a.vcon.json", "b.vcon.json"]
+    events.clear()
+    with AtomicDirectory(tmp_path / "fast", durable=False).batch() as batch:  # not durable: no disk work
+        batch.add("c", [b"{}"])
+        batch.commit()
+    assert events == []
+
+
+def test_a_batch_left_without_commit_removes_its_temp_files(tmp_path: Path) -> None:
+    sink = AtomicDirectory(tmp_path / "out")
+    with pytest.raises(RuntimeError), sink.batch() as batch:
+        batch.add("a", [b"{}"])
+        raise RuntimeError("the next call failed to render")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_start_writeback_on_a_real_file(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    with open(path, "wb") as handle:
+        handle.write(b"x" * 100_000)
+        handle.flush()
+        atomic.start_writeback(handle.fileno())  # no error, whatever the platform
+    assert path.stat().st_size == 100_000
