@@ -277,3 +277,46 @@ def test_quality_report_values_are_plain_json() -> None:
     assert item["payload_types"] == [0, 101] and item["jitter_ms"] == 1.234568 and item["max_jitter_ms"] == 2.0
     assert item["first_arrival"] == 1_700_000_000.123457 and item["r_factor"] is None
     assert json.loads(json.dumps(item)) == item
+
+
+@st.composite
+def _hostile_spools(draw: st.DrawFn) -> bytes:
+    """Spool bytes: well-framed records of random or RTP-looking datagrams, or any bytes at all."""
+    if draw(st.booleans()):
+        return draw(st.binary(max_size=600))
+    out = bytearray()
+    for _ in range(draw(st.integers(0, 40))):
+        if draw(st.booleans()):
+            datagram = draw(st.binary(max_size=60))
+        else:
+            datagram = _rtp(draw(st.sampled_from([0, 8, 13, 101, 99])), draw(st.integers(0, 65535)),
+                            draw(st.integers(0, 2**32 - 1)), draw(st.integers(0, 3)), draw(st.binary(max_size=200)))
+        arrival = draw(st.floats(T0 - 5, T0 + 20, allow_nan=False))
+        out += struct.pack("<dI", arrival, len(datagram)) + datagram
+    return bytes(out[: len(out) - draw(st.integers(0, 5))])  # sometimes a torn last record
+
+
+@needs_module
+@settings(max_examples=400, deadline=None)
+@given(spool=_hostile_spools(), frames=st.integers(0, 4000), window=st.floats(-2.0, 10.0),
+       bridge=st.booleans())
+def test_compiled_render_survives_any_spool_bytes(spool: bytes, frames: int, window: float, bridge: bool) -> None:
+    """Whatever a spool holds, the C pass declines or answers within its buffers: every run lies in the
+    scratch and the timeline, and it never consumes more than it was given."""
+    from capture import _spoolrender  # type: ignore[attr-defined]
+
+    kinds = bytearray(128)
+    kinds[0], kinds[8], kinds[13], kinds[101] = 1, 2, 3, 4
+    scratch = np.zeros(2 * len(spool), dtype=np.int16)
+    state = bytearray(_spoolrender.STATE_SIZE)
+    found = _spoolrender.render_g711(state, spool, bytes(kinds), plain_render._ULAW, plain_render._ALAW,
+                                     T0 + window, T0 + window + 1.5, frames, scratch, bridge)
+    if found is None:
+        return
+    consumed, runs, events = found
+    assert 0 <= consumed <= len(spool)
+    for frame, begin, length in runs:
+        assert 0 <= frame and frame + length <= frames and 0 <= begin and begin + length <= len(scratch)
+    assert all(len(event) == 5 for event in events)
+    counts = _spoolrender.plain_result(state)
+    assert counts[0] >= counts[1] and len(counts) == 7
