@@ -64,6 +64,15 @@ typedef struct {
     int64_t anchor_ts, anchor_offset;
 } Ssrc;
 
+/* Append a new reference (NULL: an error is set) to a list, releasing it. Returns 0, or -1 on error. */
+static int append_new(PyObject *list, PyObject *item) {
+    if (item == NULL)
+        return -1;
+    int status = PyList_Append(list, item);
+    Py_DECREF(item);
+    return status;
+}
+
 /* A spool's state between chunks: lives in a bytearray the caller keeps (state_size() bytes, zeroed). */
 typedef struct {
     long long datagrams, rtcp, early, late, placed, comfort_noise;
@@ -175,13 +184,9 @@ static PyObject *render_g711(PyObject *module, PyObject *args) {
         s->packets++;
         s->pts[pt >> 6] |= (uint64_t)1 << (pt & 63);
         if (kind == TELEPHONE_EVENT) {
-            PyObject *event = Py_BuildValue("dkkiy#", arrival, (unsigned long)source, (unsigned long)raw_ts, pt,
-                                            (const char *)d + 12, (Py_ssize_t)length - 12);
-            if (event == NULL || PyList_Append(events, event) < 0) {
-                Py_XDECREF(event);
+            if (append_new(events, Py_BuildValue("dkkiy#", arrival, (unsigned long)source, (unsigned long)raw_ts, pt,
+                                                 (const char *)d + 12, (Py_ssize_t)length - 12)) < 0)
                 goto done;
-            }
-            Py_DECREF(event);
             continue;
         }
         /* Timed: audio or comfort noise, both on the 8 kHz clock. */
@@ -258,14 +263,9 @@ static PyObject *render_g711(PyObject *module, PyObject *args) {
             used += gap;
             run_length += gap + (last - first);
         } else {
-            if (run_length) {
-                PyObject *run = Py_BuildValue("LLL", (long long)run_frame, (long long)run_start, (long long)run_length);
-                if (run == NULL || PyList_Append(runs, run) < 0) {
-                    Py_XDECREF(run);
-                    goto done;
-                }
-                Py_DECREF(run);
-            }
+            if (run_length && append_new(runs, Py_BuildValue("LLL", (long long)run_frame, (long long)run_start,
+                                                             (long long)run_length)) < 0)
+                goto done;
             run_frame = first;
             run_start = used;
             run_length = last - first;
@@ -280,14 +280,9 @@ static PyObject *render_g711(PyObject *module, PyObject *args) {
         result = Py_NewRef(Py_None);
         goto done;
     }
-    if (run_length) {
-        PyObject *run = Py_BuildValue("LLL", (long long)run_frame, (long long)run_start, (long long)run_length);
-        if (run == NULL || PyList_Append(runs, run) < 0) {
-            Py_XDECREF(run);
-            goto done;
-        }
-        Py_DECREF(run);
-    }
+    if (run_length && append_new(runs, Py_BuildValue("LLL", (long long)run_frame, (long long)run_start,
+                                                     (long long)run_length)) < 0)
+        goto done;
     result = Py_BuildValue("nOO", position, runs, events);
 done:
     Py_XDECREF(events);

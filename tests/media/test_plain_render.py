@@ -20,6 +20,7 @@ from capture.ingest import IngestOptions, ingest_file
 from capture.recorder import CodecSpec, StreamSpool, render_recording
 from capture.spool import SpoolInfo
 from tests.conftest import CORPUS_PCAP
+from tests.media.test_render_paths import spool as spool_of_records
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000.0
@@ -88,11 +89,7 @@ def plain_streams(draw: st.DrawFn) -> list[tuple[float, bytes]]:
 
 
 def _spool(directory: Path, name: str, records: list[tuple[float, bytes]]) -> SpoolInfo:
-    stream = StreamSpool(directory, name, buffer_limit=4096)
-    stream.set_codecs(0.0, CODECS)
-    for arrival, data in records:
-        stream.add(arrival, data)
-    return stream.finish()
+    return spool_of_records(directory, name, records).finish()  # the SDP map has PCMU, PCMA, CN, events
 
 
 PLAIN_RUNS: list[bool] = []
