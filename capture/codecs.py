@@ -416,8 +416,13 @@ def _av_factory(encoding: str, codec_name: str, splitter: FrameSplitter = _whole
 
 def _make_opus(clock_rate: int, channels: int, fmtp: str | None) -> Decoder:
     # RFC 7587 §7: rtpmap always says opus/48000/2; decode as stereo (mono streams come out duplicated)
-    # and downmix, so either kind of stream works.
-    return AvDecoder("OPUS", "opus", clock_rate=clock_rate, sample_rate=48000, channels=2)
+    # and downmix, so either kind of stream works. libopus (the reference decoder, in PyAV's FFmpeg)
+    # first: FFmpeg's own Opus decoder gave different samples from run to run on malformed hybrid
+    # packets, so the same capture did not always give the same vCon.
+    import av
+
+    name = "libopus" if "libopus" in av.codecs_available else "opus"
+    return AvDecoder("OPUS", name, clock_rate=clock_rate, sample_rate=48000, channels=2)
 
 
 _Factory = Callable[[int, int, str | None], Decoder]
