@@ -123,7 +123,7 @@ def _kinds(epochs: Sequence[CodecEpoch]) -> tuple[bytes, dict[int, CodecSpec]]:
 
 
 class ChannelOut(Protocol):
-    """Where a channel's samples go (memory or a sparse file): `capture.render`'s channels."""
+    """Where a channel's samples go (memory or a sparse file): `capture.render_place`'s channels."""
 
     def write(self, offset: int, samples: npt.NDArray[np.int16]) -> None: ...
 

@@ -1,12 +1,13 @@
 """Per-stream RTP spooling while capturing, and rendering of a call's stereo WAV afterwards.
 
-The implementation lives in three modules; this one keeps the names other code imports:
+The implementation lives in these modules; this one keeps the names other code imports:
 
 * `capture.spool`: `StreamSpool` (the capture hot path: one buffered append per datagram), the spool
   file format, `CodecSpec`/`CodecEpoch` payload-type maps and batched reading of spools;
 * `capture.rtpstats`: RTP reception statistics (RFC 3550 A.1/A.3/A.8) and the E-model MOS estimate;
-* `capture.render`: `render_recording`, the offline two-pass renderer (scan, then place into channel
-  buffers and interleave into the WAV), with its reports.
+* `capture.render`: `render_recording`, the offline renderer (the compiled one pass of
+  `capture.plain_render` for plain G.711 calls; else scan, `capture.render_scan`, then place,
+  `capture.render_place`), with its reports.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capture import plain_render, render
+from capture import plain_render, render, render_place
 from capture.ingest import IngestOptions, ingest_file
 from capture.recorder import CodecSpec, StreamSpool, render_recording
 from capture.spool import SpoolInfo
@@ -151,7 +151,7 @@ def _declines(records: list[tuple[float, bytes]], codecs: dict[int, CodecSpec] =
         for arrival, data in records:
             stream.add(arrival, data)
         block = np.zeros(80_000, dtype=np.int16)
-        return plain_render.render_plain([[stream.finish()]], [render._MemoryChannel(block)], T0, T0 + 10,
+        return plain_render.render_plain([[stream.finish()]], [render_place.MemoryChannel(block)], T0, T0 + 10,
                                          80_000) is None
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capture import plain_render, render
+from capture import plain_render, render, render_place
 from capture.recorder import CodecSpec, StreamSpool, render_recording
 from capture.rtp import RtpPacket
 from capture.rtpstats import SpecTable, StatsTracker
@@ -76,19 +76,21 @@ def test_fast_placement_matches_generic(seed: int, count: int, window: float, ch
         directory = Path(name)
         infos = [spool(directory, "a", datagrams(seed, count, chaos)).finish(),
                  spool(directory, "b", datagrams(seed + 1, count, chaos)).finish()]
-        run = render._FastPlacer.run
+        run = render_place._FastPlacer.run
 
-        def counted(placer: render._FastPlacer) -> int:
+        def counted(placer: render_place._FastPlacer) -> int:
             decoded = run(placer)
             FAST_RUNS.append(True)
             return decoded
         start, end = T0 + window, T0 + 0.02 * count * (1 - window / 2)
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(render._FastPlacer, "run", counted)
+            patch.setattr(render, "_render_plain_call", lambda *args: None)  # the array paths, both runs
+            patch.setattr(render_place._FastPlacer, "run", counted)
             fast = render_recording([infos[:1], infos[1:]], start=start, end=end,
                                     out_path=directory / "fast.wav")
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(render, "_fast_g711", lambda spec: False)
+            patch.setattr(render, "_render_plain_call", lambda *args: None)
+            patch.setattr(render_place, "_fast_g711", lambda spec: False)
             generic = render_recording([infos[:1], infos[1:]], start=start, end=end,
                                        out_path=directory / "generic.wav")
         assert fast.channel_reports == generic.channel_reports
