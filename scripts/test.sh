@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything the test suite needs on a fresh Debian machine, then run the whole suite.
 # Debian packages: the real peers the tests use (sipp, tcpdump, tshark, redis-server, baresip), and
-# gcc for the compiled fast path (capture/_fastpath.c), which the suite checks against the Python one.
+# gcc for the compiled modules (capture/_fastpath.c, capture/_spoolrender.c), which the suite checks
+# against the Python paths they stand in for.
 # Python: a virtual environment in .venv with the project and its test extra.
 set -euo pipefail
 cd "$(dirname "$0")/.."
