@@ -77,8 +77,14 @@ shutdown_grace: 15
     _wait(lambda: _healthy(port), 30, "the daemon's /healthz")
     yield proc, port, tmp_path
     if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+        # A graceful stop: a SIGKILL also kills multiprocessing's resource tracker, whose named
+        # semaphores (the render pool's) would then stay in /dev/shm.
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
     log.close()
     assert TOKEN not in (tmp_path / "daemon.log").read_text()
 
