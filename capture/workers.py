@@ -13,11 +13,14 @@ import ctypes
 import gc
 import multiprocessing
 import os
+import select
+import threading
 
 __all__ = [
     "GC_THRESHOLDS",
     "WORKER_NICENESS",
     "auto_workers",
+    "exit_with",
     "keep_heap",
     "prestart",
     "render_pool",
@@ -65,8 +68,9 @@ def _single_threaded_blas() -> None:
         os.environ.setdefault(name, "1")
 
 
-def start_worker() -> None:
-    """Worker start-up (a pool's ``initializer``): lower priority, keep the heap, GC in large steps."""
+def start_worker(owner: int | None = None) -> None:
+    """Worker start-up (a pool's ``initializer``): lower priority, keep the heap, GC in large steps,
+    and exit with ``owner``, the process that made the pool."""
     try:
         os.nice(WORKER_NICENESS)
     except OSError:
@@ -74,6 +78,30 @@ def start_worker() -> None:
     keep_heap()
     gc.freeze()  # the preloaded modules: never traversed again
     gc.set_threshold(*GC_THRESHOLDS)
+    if owner is not None:
+        exit_with(owner)
+
+
+def exit_with(owner: int) -> None:
+    """End this process as soon as process ``owner`` has ended, however it ended.
+
+    A pool's workers are the fork server's children and wait for work on pipes they hold both ends
+    of: when the process that made the pool is killed (SIGKILL, the OOM killer) nothing tells them,
+    and they and the fork server stayed, idle, for good. A thread waits on a pidfd of the owner (no
+    pid-reuse race); where there is none (not Linux 5.3+), workers end with their pool as before.
+    """
+    try:
+        owner_fd = os.pidfd_open(owner)
+    except ProcessLookupError:
+        os._exit(0)  # already gone: nobody will ever send work
+    except (AttributeError, OSError):
+        return
+
+    def wait_for_owner() -> None:
+        select.select([owner_fd], [], [])
+        os._exit(0)
+
+    threading.Thread(target=wait_for_owner, name="vcon-capture-owner-watch", daemon=True).start()
 
 
 def keep_heap() -> None:
@@ -98,4 +126,5 @@ def render_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
     _single_threaded_blas()
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(PRELOAD))
-    return concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=start_worker)
+    return concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=start_worker,
+                                                  initargs=(os.getpid(),))
