@@ -87,6 +87,8 @@ class IngestOptions:
     loop); the handler is then not called. None = hand every vCon dict to the handler."""
     fsync: bool = True
     """fsync each file written to ``write_dir`` before its rename (False: atomic, not durable)."""
+    file_mode: int = 0o600
+    """Permission bits of the files written to ``write_dir`` (the umask still applies)."""
 
 
 def vcon_chunks(vcon: dict[str, Any]) -> Iterator[bytes]:
@@ -155,7 +157,8 @@ direction each) fit; when it is full, spools go through files instead."""
 
 
 def complete_jobs(
-    jobs: list[FinishedCall], options: AssemblyOptions, now: float, write_dir: Path | None, durable: bool = True
+    jobs: list[FinishedCall], options: AssemblyOptions, now: float, write_dir: Path | None, durable: bool = True,
+    file_mode: int = 0o600,
 ) -> list[dict[str, Any] | str]:
     """Build the vCons of a batch of calls (one task for a worker, not one per call).
 
@@ -173,7 +176,7 @@ def complete_jobs(
         return [complete_call(job, options, now) for job in jobs]
     from delivery.atomic import AtomicDirectory
 
-    sink = AtomicDirectory(write_dir, durable=durable)
+    sink = AtomicDirectory(write_dir, durable=durable, mode=file_mode)
     deferring = dataclasses.replace(options, defer_media=True)
     results: list[dict[str, Any] | str] = []
     # Each file is written (and its write-back started) as soon as it is built; the batch is made
@@ -192,8 +195,9 @@ class _Completer:
     """Runs :func:`complete_jobs` on batches of calls, inline or in a process pool, in order."""
 
     def __init__(self, workers: int, options: AssemblyOptions, handler: VconHandler,
-                 write_dir: Path | None = None, durable: bool = True) -> None:
+                 write_dir: Path | None = None, durable: bool = True, file_mode: int = 0o600) -> None:
         self.durable = durable
+        self.file_mode = file_mode
         self.options = options
         self.handler = handler
         self.write_dir = write_dir
@@ -236,12 +240,14 @@ class _Completer:
         if not jobs:
             return
         if self.pool is None:
-            for result in complete_jobs(jobs, self.options, time.time(), self.write_dir, self.durable):
+            for result in complete_jobs(jobs, self.options, time.time(), self.write_dir, self.durable,
+                                        self.file_mode):
                 self._deliver(result)
             return
         pieces = [info.shared for job in jobs for render in job.renders for channel in render.channels
                   for info in channel if info.shared is not None]
-        future = self.pool.submit(complete_jobs, jobs, self.options, time.time(), self.write_dir, self.durable)
+        future = self.pool.submit(complete_jobs, jobs, self.options, time.time(), self.write_dir, self.durable,
+                                  self.file_mode)
         self.pending.append((future, pieces))
 
     def _deliver(self, result: dict[str, Any] | str) -> None:
@@ -303,7 +309,7 @@ def ingest_file(
     engine.arena = arena
     decoder = PacketDecoder()
     tcp = TcpSipReassembler(engine)
-    completer = _Completer(workers, opts.assembly, handler, opts.write_dir, opts.fsync)
+    completer = _Completer(workers, opts.assembly, handler, opts.write_dir, opts.fsync, opts.file_mode)
     completer.arena = arena
     handle_datagram = engine.handle_datagram
     fast = engine.handle_frame

@@ -35,7 +35,7 @@ import structlog
 
 from capture.complete import complete_call
 from capture.engine import CaptureEngine
-from capture.ingest import IGNORED_REASONS, FileSummary, IngestOptions, VconHandler
+from capture.ingest import IGNORED_REASONS, FileSummary, IngestOptions, VconHandler, complete_jobs
 from capture.netlayers import PacketDecoder
 from capture.pcapio import CaptureError, open_capture
 from capture.sip import looks_like_sip
@@ -196,7 +196,10 @@ def ingest_file_tshark(
     def complete_ready() -> None:
         for job in engine.drain():
             summary.calls += 1
-            handler(complete_call(job, opts.assembly, time.time()))
+            if opts.write_dir is not None:  # as the native engine: written here, the handler not called
+                complete_jobs([job], opts.assembly, time.time(), opts.write_dir, opts.fsync, opts.file_mode)
+            else:
+                handler(complete_call(job, opts.assembly, time.time()))
             summary.vcons += 1
 
     try:

@@ -16,14 +16,19 @@ import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+DEFAULT_FILE_MODE = 0o600
+"""vCon files are private to the user who writes them unless configured otherwise (they hold calls)."""
+
 
 class AtomicDirectory:
     suffix = ".vcon.json"
 
-    def __init__(self, path: Path | str, *, durable: bool = True) -> None:
+    def __init__(self, path: Path | str, *, durable: bool = True, mode: int = DEFAULT_FILE_MODE) -> None:
         self.path = Path(path)
         #: False: still atomic (temp file + rename) but not fsynced; the OS writes it back later.
         self.durable = durable
+        #: Permission bits of the files written (the process umask still applies).
+        self.mode = mode
 
     def final_path(self, uuid: str) -> Path:
         if not uuid or "/" in uuid or "\\" in uuid or uuid.startswith("."):
@@ -33,7 +38,7 @@ class AtomicDirectory:
     def _temp(self, uuid: str) -> tuple[int, str]:
         # A name unique to this process and thread (O_EXCL), cheaper than mkstemp's random tries.
         tmp = str(self.path / f".{uuid}.{os.getpid()}.{threading.get_ident()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), self.mode)
         return fd, tmp
 
     def write_sync(self, uuid: str, body: bytes) -> Path:
@@ -192,3 +197,23 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def parse_file_mode(value: object) -> int:
+    """A file mode from configuration or the command line: ``"0640"``, ``"640"``, ``"0o640"`` or an int.
+
+    The owner must keep read and write (0600): the writer reads nothing back, but a vCon its own
+    user cannot read is a mistake. Raises ValueError.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    elif isinstance(value, str) and value.strip():
+        text = value.strip().lower().removeprefix("0o")
+        if not text.isdigit() or any(digit in text for digit in "89"):
+            raise ValueError(f"not an octal file mode: {value!r}")
+        mode = int(text, 8)
+    else:
+        raise ValueError(f"not a file mode: {value!r}")
+    if not 0 <= mode <= 0o777 or mode & 0o600 != 0o600:
+        raise ValueError(f"file mode {value!r}: permission bits only, and the owner needs read and write (0600)")
+    return mode

@@ -29,7 +29,7 @@ import httpx
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 
-from .atomic import AtomicDirectory
+from .atomic import DEFAULT_FILE_MODE, AtomicDirectory
 from .targets import Target, TargetKind
 
 __all__ = [
@@ -162,9 +162,13 @@ class DirectorySink(AtomicDirectory):
     rename, fsync of the directory. A reader never sees a partial file. (The writing itself is
     :class:`delivery.atomic.AtomicDirectory`, which imports nothing heavy.)"""
 
-    def __init__(self, path: Path | str, target: Target | None = None, *, durable: bool = True) -> None:
-        super().__init__(path, durable=durable)
-        self.target = target or Target(kind=TargetKind.DIRECTORY, key=f"dir:{self.path}", directory=self.path)
+    def __init__(self, path: Path | str, target: Target | None = None, *, durable: bool = True,
+                 mode: int | None = None) -> None:
+        """``mode``: the files' permission bits; default the target's (0600 without one)."""
+        super().__init__(path, durable=durable,
+                         mode=mode if mode is not None else target.file_mode if target else DEFAULT_FILE_MODE)
+        self.target = target or Target(kind=TargetKind.DIRECTORY, key=f"dir:{self.path}", directory=self.path,
+                                       file_mode=self.mode)
 
     async def deliver(self, uuid: str, body: bytes) -> None:
         with map_sink_errors(self.target):

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit, urlunsplit
 
+from delivery.atomic import DEFAULT_FILE_MODE, parse_file_mode
+
 __all__ = ["DEFAULT_TOKEN_HEADER", "TOKEN_ENV", "Target", "TargetError", "TargetKind", "parse_target"]
 
 #: Environment variable consulted last for the conserver API token.
@@ -34,7 +36,7 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_CONCURRENCY = 4
 
 _MAPPING_KEYS = frozenset(
-    {"url", "dir", "redis", "token", "token_env", "token_header", "ingress_lists", "timeout", "concurrency"}
+    {"url", "dir", "redis", "token", "token_env", "token_header", "ingress_lists", "timeout", "concurrency", "mode"}
 )
 
 
@@ -72,6 +74,8 @@ class Target:
     concurrency: int = DEFAULT_CONCURRENCY
     #: DIRECTORY: where ``<uuid>.vcon.json`` files go.
     directory: Path | None = None
+    #: DIRECTORY: permission bits of the files (the umask still applies).
+    file_mode: int = DEFAULT_FILE_MODE
     #: REDIS: list name for RPUSH, or stream name for XADD (exactly one is set).
     redis_list: str | None = None
     redis_stream: str | None = None
@@ -85,6 +89,8 @@ class Target:
         """A secret-free mapping that :func:`parse_target` turns back into an equal target
         (the token is re-resolved from ``token_env`` or the environment)."""
         if self.kind is TargetKind.DIRECTORY:
+            if self.file_mode != DEFAULT_FILE_MODE:
+                return {"dir": str(self.directory), "mode": f"{self.file_mode:04o}"}
             return {"dir": str(self.directory)}
         if self.kind is TargetKind.REDIS:
             # The key is the password-free URL; a password must come back via config.
@@ -119,8 +125,16 @@ def parse_target(spec: str | Mapping[str, Any], *, token: str | None = None) -> 
     value = spec[kinds[0]]
     if not isinstance(value, str) or not value:
         raise TargetError(f"target '{kinds[0]}' must be a non-empty string")
+    if "mode" in spec and kinds[0] != "dir":
+        raise TargetError("'mode' is for directory targets")
     if kinds[0] == "dir":
-        return _directory(Path(value).expanduser())
+        target = _directory(Path(value).expanduser())
+        if "mode" in spec:
+            try:
+                target = dataclasses.replace(target, file_mode=parse_file_mode(spec["mode"]))
+            except ValueError as exc:
+                raise TargetError(str(exc)) from None
+        return target
     if kinds[0] == "redis":
         if not value.startswith(("redis://", "rediss://")):
             raise TargetError("target 'redis' must be a redis:// or rediss:// URL")

@@ -193,3 +193,36 @@ def test_ingest_to_a_directory_loads_no_delivery_clients(tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "0 []"
     assert len(load_vcons(tmp_path)) == 3
+
+
+def test_file_mode_of_the_vcons_written(tmp_path: Path) -> None:
+    import stat
+
+    proc = run_cli("ingest", str(SAMPLE), "--out", str(tmp_path / "shared"), "--file-mode", "0640")
+    assert proc.returncode == 0, proc.stderr
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "shared").glob("*.vcon.json")}
+    assert modes == {0o640 & ~_umask()}
+    proc = run_cli("ingest", str(SAMPLE), "--out", str(tmp_path / "private"))
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "private").glob("*.vcon.json")} == {0o600}
+    proc = run_cli("ingest", str(SAMPLE), "--out", str(tmp_path / "x"), "--file-mode", "0444")
+    assert proc.returncode == 2 and "--file-mode" in proc.stderr
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_tshark_engine_writes_the_out_directory(tmp_path: Path) -> None:
+    """--out with the tshark engine writes its files too (they were counted but not written)."""
+    import shutil
+
+    if shutil.which("tshark") is None:
+        pytest.skip("tshark is not installed")
+    proc = run_cli("ingest", str(SAMPLE), "--engine", "tshark", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "3 vCons written" in proc.stdout
+    assert len(load_vcons(tmp_path)) == 3

@@ -62,6 +62,9 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="write recordings into DIR and reference them by url + content_hash")
     ingest.add_argument("--media-base-url", help="public base URL of --external-media DIR")
     ingest.add_argument("--no-progress", action="store_true")
+    ingest.add_argument("--file-mode", default="0600", metavar="MODE",
+                        help="permission bits of the vCon files written to --out and directory targets "
+                             "(octal, default 0600: private to this user; the umask still applies)")
     ingest.add_argument("--no-fsync", action="store_true",
                         help="--out files are still atomic (temp file + rename) but not fsynced one by one: "
                              "much faster on slow disks; a crash of the machine may lose the last files")
@@ -112,13 +115,21 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         from vcon_capture.output import directory_media_store
 
         media_store = directory_media_store(args.external_media, args.media_base_url)
+    from delivery.atomic import parse_file_mode
+
+    try:
+        file_mode = parse_file_mode(args.file_mode)
+    except ValueError as exc:
+        print(f"vcon-capture ingest: --file-mode: {exc}", file=sys.stderr)
+        return 2
     assembly = AssemblyOptions(domain=args.domain, inline_media=media_store is None, media_store=media_store)
     options = IngestOptions(assembly=assembly, workers=args.workers, progress=False if args.no_progress else None,
-                            write_dir=args.out if not args.to else None, fsync=not args.no_fsync)
+                            write_dir=args.out if not args.to else None, fsync=not args.no_fsync,
+                            file_mode=file_mode)
     try:
         # With only --out the worker writes the files itself; targets go through the outbox here.
         output = build_output(out=args.out if args.to else None, targets=args.to, token=args.token,
-                              spool=args.spool)
+                              spool=args.spool, file_mode=file_mode)
     except ValueError as exc:
         print(f"vcon-capture ingest: {exc}", file=sys.stderr)
         return 2

@@ -20,19 +20,24 @@ def dumps(vcon: dict[str, Any]) -> bytes:
 class IngestOutput:
     """``put`` each vCon; ``finish`` delivers what went to the outbox (or leaves it there)."""
 
-    def __init__(self, out: Path | None, targets: list[str], token: str | None, spool: Path | None) -> None:
+    def __init__(self, out: Path | None, targets: list[str], token: str | None, spool: Path | None,
+                 file_mode: int = 0o600) -> None:
         self.directory: Any = None
         if out is not None:  # imported only here: the sinks module loads httpx and redis (~0.15 s)
             from delivery.sinks import DirectorySink
 
-            self.directory = DirectorySink(out)
+            self.directory = DirectorySink(out, mode=file_mode)
         self.outbox: Any = None
         self.count = 0
         if targets:
+            import dataclasses
+
             from delivery.outbox import Outbox, default_spool_dir
-            from delivery.targets import parse_target
+            from delivery.targets import TargetKind, parse_target
 
             parsed = [parse_target(t, token=token) for t in targets]
+            parsed = [dataclasses.replace(t, file_mode=file_mode) if t.kind is TargetKind.DIRECTORY else t
+                      for t in parsed]
             self.outbox = Outbox(spool or default_spool_dir(), parsed)
 
     def put(self, vcon: dict[str, Any]) -> None:
@@ -67,8 +72,9 @@ class IngestOutput:
             self.outbox.close()
 
 
-def build_output(*, out: Path | None, targets: list[str], token: str | None, spool: Path | None) -> IngestOutput:
-    return IngestOutput(out, targets, token, spool)
+def build_output(*, out: Path | None, targets: list[str], token: str | None, spool: Path | None,
+                 file_mode: int = 0o600) -> IngestOutput:
+    return IngestOutput(out, targets, token, spool, file_mode)
 
 
 def directory_media_store(directory: Path, base_url: str | None) -> MediaStore:

@@ -131,3 +131,32 @@ def test_directory_sink_is_atomic_under_a_concurrent_reader(tmp_path: Path) -> N
 def test_directory_sink_refuses_path_tricks(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         DirectorySink(tmp_path).write_sync("../escape", b"{}")
+
+
+def test_directory_targets_take_a_file_mode(tmp_path: Path) -> None:
+    """vCon files are private (0600) unless a directory output says otherwise, e.g. for a consumer
+    that runs as another user in the same group."""
+    import asyncio
+    import stat
+
+    from delivery.atomic import parse_file_mode
+    from delivery.sinks import make_sink
+
+    assert parse_target({"dir": str(tmp_path / "a")}).file_mode == 0o600
+    target = parse_target({"dir": str(tmp_path / "a"), "mode": "0640"})
+    assert target.file_mode == 0o640
+    assert parse_target(target.spec()) == target  # what the outbox stores brings the mode back
+    for bad in ("0400", "9", "rw-r-----", "", 0o1777):
+        with pytest.raises(TargetError):
+            parse_target({"dir": str(tmp_path / "a"), "mode": bad})
+    with pytest.raises(TargetError, match="directory targets"):
+        parse_target({"url": "http://127.0.0.1:9/vcon", "mode": "0640"})
+    assert [parse_file_mode(v) for v in ("0644", "644", "0o644", 0o644)] == [0o644] * 4
+    old = os.umask(0o022)
+    try:
+        asyncio.run(make_sink(target).deliver("u1", b"{}"))
+        asyncio.run(make_sink(parse_target(str(tmp_path / "b"))).deliver("u2", b"{}"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a" / "u1.vcon.json").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "b" / "u2.vcon.json").stat().st_mode) == 0o600
