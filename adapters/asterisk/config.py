@@ -8,6 +8,7 @@ Example (see ``docs/asterisk.md``)::
         port: 5038
         username: vcon
         secret_env: ASTERISK_AMI_SECRET
+        auth: md5                     # challenge and response (default); plain sends the secret
         reconnect: {min_seconds: 1, max_seconds: 60}
       ari:
         url: http://10.0.0.7:8088
@@ -60,6 +61,9 @@ class AmiConfig:
     """Manager user (``[vcon]`` in ``manager.conf``; needs ``read = call,dialplan,cdr,reporting``)."""
     secret_env: str = "ASTERISK_AMI_SECRET"
     """Name of the environment variable holding the manager secret."""
+    auth: str = "md5"
+    """``md5``: log in by challenge and response (the secret never crosses the wire); ``plain``: send
+    the secret itself, for a manager peer without the Challenge action."""
     reconnect_min_seconds: float = 1.0
     """First wait before reconnecting after the socket dropped; doubles per failed attempt."""
     reconnect_max_seconds: float = 60.0
@@ -195,10 +199,13 @@ def _ami(data: Any, path: str) -> AmiConfig:
     _check_keys(
         data,
         path,
-        {"host", "port", "username", "secret_env", "reconnect", "connect_timeout_seconds",
+        {"host", "port", "username", "secret_env", "auth", "reconnect", "connect_timeout_seconds",
          "max_message_bytes"},
     )
     d = AmiConfig()
+    auth = _string(data.get("auth", d.auth), f"{path}.auth").lower()
+    if auth not in ("md5", "plain"):
+        raise ConfigError(f"{path}.auth", "expected md5 (challenge and response) or plain")
     host = _string(data.get("host", d.host), f"{path}.host")
     if any(c.isspace() for c in host):
         raise ConfigError(f"{path}.host", "expected a host name or address")
@@ -211,6 +218,7 @@ def _ami(data: Any, path: str) -> AmiConfig:
         port=_int(data, "port", d.port, path, 1, 65535, what="an integer 1-65535"),
         username=username,
         secret_env=_env_name(data.get("secret_env", d.secret_env), f"{path}.secret_env"),
+        auth=auth,
         reconnect_min_seconds=lo,
         reconnect_max_seconds=hi,
         connect_timeout_seconds=_seconds(data, "connect_timeout_seconds", d.connect_timeout_seconds, path,

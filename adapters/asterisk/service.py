@@ -1,7 +1,7 @@
 """The Asterisk adapter's shell: AMI and ARI clients, the machine's timer, recording reads.
 
-* AMI: TCP to ``ami.host:ami.port``, read the greeting, ``Action: Login`` (Username, Secret,
-  ``Events: on``). ``Response: Error`` (``Authentication failed``) raises :class:`AuthenticationError`:
+* AMI: TCP to ``ami.host:ami.port``, read the greeting, ``Action: Login`` (Username, ``Events: on``,
+  and by default an MD5 challenge and response rather than the Secret itself). ``Response: Error`` (``Authentication failed``) raises :class:`AuthenticationError`:
   the client stops for good, since retrying a wrong secret only fills Asterisk's security log. Any
   other loss of the socket reconnects with exponential backoff; the machine keeps its state, and after
   a reconnect ``CoreShowChannels`` tells it which channels hung up while we were away.
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import re
 import time
 from collections import Counter
@@ -225,8 +226,12 @@ class AsteriskService:
         greeting = await asyncio.wait_for(self._ami_read(reader, framer), cfg.connect_timeout_seconds)
         if not isinstance(greeting, AmiGreeting):
             raise AmiProtocolError("no AMI greeting")
+        if cfg.auth == "md5":
+            credentials = await self._ami_challenge(reader, writer, framer, secret)
+        else:
+            credentials = (("Secret", secret),)
         login_id = self._next_action_id()
-        login = action("Login", login_id, ("Username", cfg.username), ("Secret", secret), ("Events", "on"))
+        login = action("Login", login_id, ("Username", cfg.username), *credentials, ("Events", "on"))
         writer.write(bytes(login))
         await writer.drain()
         reply = await asyncio.wait_for(self._ami_reply(reader, framer, login_id), cfg.connect_timeout_seconds)
@@ -271,6 +276,25 @@ class AsteriskService:
             if msg.kind == "event":
                 self._counters["events_ami"] += 1
                 self._after(self.machine.handle_ami(msg, time.time()))
+
+    async def _ami_challenge(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, framer: AmiFramer,
+                             secret: str) -> tuple[tuple[str, str], ...]:
+        """MD5 challenge and response (Asterisk's Challenge action): the Login fields that prove the
+        secret without sending it, ``Key`` = md5(challenge + secret) in lower-case hex."""
+        cfg = self.config.ami
+        assert cfg is not None
+        challenge_id = self._next_action_id()
+        writer.write(bytes(action("Challenge", challenge_id, ("AuthType", "MD5"))))
+        await writer.drain()
+        reply = await asyncio.wait_for(self._ami_reply(reader, framer, challenge_id), cfg.connect_timeout_seconds)
+        challenge = reply.get("Challenge")
+        if (reply.get("Response") or "").lower() != "success" or not challenge:
+            raise AuthenticationError(
+                f"Asterisk AMI at {cfg.host}:{cfg.port} gave no MD5 challenge "
+                f"({reply.get('Message') or 'no Challenge'}); set asterisk.ami.auth: plain for this peer"
+            )
+        key = hashlib.md5((challenge + secret).encode("utf-8"), usedforsecurity=False).hexdigest()
+        return (("AuthType", "MD5"), ("Key", key))
 
     async def _ami_reply(self, reader: asyncio.StreamReader, framer: AmiFramer, action_id: str) -> AmiMessage:
         while True:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,12 +41,15 @@ async def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 class FakeAmi:
-    """Speaks AMI: greeting, Login (Success or ``Authentication failed``), Ping, CoreShowChannels,
-    then writes whatever the test queues (``None`` closes the connection; the next one continues)."""
+    """Speaks AMI: greeting, Challenge (MD5, unless ``challenge`` is off), Login by secret or by MD5 key
+    (Success or ``Authentication failed``), Ping, CoreShowChannels, then writes whatever the test
+    queues (``None`` closes the connection; the next one continues)."""
 
-    def __init__(self, username: str, secret: str) -> None:
+    def __init__(self, username: str, secret: str, *, challenge: bool = True) -> None:
         self.username = username
         self.secret = secret
+        self.challenge_supported = challenge
+        self._challenge = ""
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.connections = 0
         self.logins = 0
@@ -85,8 +90,20 @@ class FakeAmi:
                 self.actions.append(msg)
                 aid = msg.action_id or ""
                 name = msg.name.lower()
-                if name == "login":
-                    if msg.get("Username") == self.username and msg.get("Secret") == self.secret:
+                if name == "challenge" and self.challenge_supported and (msg.get("AuthType") or "").lower() == "md5":
+                    self._challenge = str(secrets.randbelow(10**9))
+                    writer.write(f"Response: Success\r\nActionID: {aid}\r\nChallenge: {self._challenge}\r\n\r\n"
+                                 .encode())
+                elif name == "challenge":
+                    writer.write(f"Response: Error\r\nActionID: {aid}\r\nMessage: Invalid/unknown command\r\n\r\n"
+                                 .encode())
+                elif name == "login":
+                    if (msg.get("AuthType") or "").lower() == "md5":
+                        expected = hashlib.md5((self._challenge + self.secret).encode()).hexdigest()
+                        accepted = bool(self._challenge) and msg.get("Key") == expected
+                    else:
+                        accepted = msg.get("Secret") == self.secret
+                    if msg.get("Username") == self.username and accepted:
                         self.logins += 1
                         writer.write(f"Response: Success\r\nActionID: {aid}\r\nMessage: Authentication accepted"
                                      "\r\n\r\n".encode())

@@ -21,6 +21,8 @@ def test_full_example() -> None:
     assert cfg.recordings.path_map == (("/var/spool/asterisk", "/mnt/ast"),)
     assert cfg.party_domain == "10.0.0.7"
     assert cfg.ami.secret({"AMI_SECRET": "x"}) == "x"
+    assert cfg.ami.auth == "md5"  # challenge and response unless told otherwise
+    assert AsteriskConfig.from_mapping({"ami": {"auth": "PLAIN"}}).ami.auth == "plain"  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
@@ -32,6 +34,7 @@ def test_full_example() -> None:
         ({"ami": {"secret_env": "not a name"}}, "asterisk.ami.secret_env"),
         ({"ami": {"reconnect": {"min_seconds": 5, "max_seconds": 1}}}, "asterisk.ami.reconnect.max_seconds"),
         ({"ami": {"bogus": 1}}, "asterisk.ami.bogus"),
+        ({"ami": {"auth": "sha1"}}, "asterisk.ami.auth"),
         ({"ari": {"url": "ftp://x"}}, "asterisk.ari.url"),
         ({"ari": {"url": "http://u:p@x"}}, "asterisk.ari.url"),
         ({"ari": {"app": "a b"}}, "asterisk.ari.app"),

@@ -55,7 +55,8 @@ def env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def make_service(tmp_path: Path, *, ami: FakeAmi | None = None, ari: FakeAri | None = None,
-                 secret_env: str = "TEST_AMI_SECRET", **recordings: Any) -> tuple[AsteriskService, CollectingSink]:
+                 secret_env: str = "TEST_AMI_SECRET", ami_auth: str | None = None,
+                 **recordings: Any) -> tuple[AsteriskService, CollectingSink]:
     data: dict[str, Any] = {
         "domain": "pbx.example",
         "end_linger_seconds": 0.2,
@@ -65,6 +66,8 @@ def make_service(tmp_path: Path, *, ami: FakeAmi | None = None, ari: FakeAri | N
     if ami is not None:
         data["ami"] = {"host": "127.0.0.1", "port": ami.port, "username": "vcon", "secret_env": secret_env,
                        "reconnect": {"min_seconds": 0.05, "max_seconds": 0.2}}
+        if ami_auth is not None:
+            data["ami"]["auth"] = ami_auth
     if ari is not None:
         data["ari"] = {"url": f"http://127.0.0.1:{ari.port}", "username": "vcon",
                        "password_env": "TEST_ARI_PASSWORD", "app": "vcon-capture",
@@ -111,7 +114,10 @@ async def test_corpus_transcript_over_tcp_crlf(tmp_path: Path, ami: FakeAmi, env
     assert metrics["events_ami"] == 748 + 1 and metrics["conversations"] == 1  # + FullyBooted
     assert any(e["event"] == "asterisk.conversation.ended" and e["conversation"] == "ast:1414510600.0"
                for e in logs)
-    assert ami.actions[0].name == "Login" and ami.actions[0].get("Events") == "on"
+    # By default the secret never crosses the wire: an MD5 challenge, then a Login with its key.
+    assert [a.name for a in ami.actions[:2]] == ["Challenge", "Login"]
+    assert ami.actions[1].get("AuthType") == "MD5" and ami.actions[1].get("Events") == "on"
+    assert all(AMI_SECRET not in bytes(a).decode() for a in ami.actions)
     assert_no_secrets(logs, metrics, vcon)
 
 
@@ -253,6 +259,29 @@ async def test_bad_credentials_stop_with_a_clear_error(tmp_path: Path, ami: Fake
     assert [e["event"] for e in logs if e["log_level"] == "error"] == ["asterisk.ami.auth_failed"]
     assert service.metrics()["errors_auth"] == 1
     assert "wrong-secret-value" not in json.dumps([logs, service.metrics(), str(err)], default=repr)
+
+
+@pytest.mark.parametrize("challenge", [True, False])
+async def test_plain_login_for_a_peer_without_challenge(tmp_path: Path, env: None, challenge: bool) -> None:
+    """``auth: plain`` sends the secret (the only way into a manager peer without the Challenge
+    action); ``md5`` against such a peer stops with an error that says so."""
+    server = FakeAmi("vcon", AMI_SECRET, challenge=challenge)
+    await server.start()
+    try:
+        service, _sink = make_service(tmp_path, ami=server, ami_auth="plain" if challenge else "md5")
+        await service.start()
+        if challenge:
+            await service.wait_connected()
+            assert server.logins == 1 and server.actions[0].name == "Login"
+            assert server.actions[0].get("Secret") == AMI_SECRET and server.actions[0].get("AuthType") is None
+        else:
+            await wait_for(lambda: "ami" in service.fatal_errors)
+            err = service.fatal_errors["ami"]
+            assert isinstance(err, AuthenticationError) and "asterisk.ami.auth: plain" in str(err)
+            assert server.logins == 0 and AMI_SECRET not in str(err)
+        await service.stop()
+    finally:
+        await server.close()
 
 
 def ari_texts(channel_id: str, rec_name: str) -> list[str]:
