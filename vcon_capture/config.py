@@ -77,6 +77,14 @@ class HttpConfig:
     """``host:port`` of the one HTTP server (webhooks, /healthz, /metrics); None = no server."""
     max_body: int = 1024 * 1024
     """Largest request body accepted, bytes."""
+    header_timeout: float = 10.0
+    """Seconds a connection has for a complete request head (slow-header clients are cut off)."""
+    body_timeout: float = 30.0
+    """Seconds to receive a request body once its head has arrived."""
+    max_concurrent: int = 256
+    """Requests in progress at once, websockets included (Twilio Media Streams: one per live call)."""
+    max_line_size: int = 8190
+    """Longest request line or header field, bytes."""
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -222,7 +230,15 @@ def parse_config(data: Any, *, path: Path) -> DaemonConfig:
         _host, sep, port = listen.rpartition(":")
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:
             raise http_r.error("listen", f"expected host:port, got {listen!r}")
-    http = HttpConfig(listen=listen, max_body=http_r.int_("max_body", 1024 * 1024, minimum=1024))
+    d = HttpConfig()
+    http = HttpConfig(
+        listen=listen,
+        max_body=http_r.int_("max_body", d.max_body, minimum=1024),
+        header_timeout=http_r.num("header_timeout", d.header_timeout, minimum=0.1),
+        body_timeout=http_r.num("body_timeout", d.body_timeout, minimum=0.1),
+        max_concurrent=http_r.int_("max_concurrent", d.max_concurrent, minimum=1),
+        max_line_size=http_r.int_("max_line_size", d.max_line_size, minimum=1024),
+    )
     http_r.done()
     media_r = r.sub("media")
     media = MediaConfig(dir=media_r.path_("dir", None), base_url=media_r.str_("base_url", None))

@@ -121,7 +121,11 @@ class Daemon:
         self.outbox: Any = None
         self.started = time.time()
         self.stopping = False
-        self.http_guard = ServerGuard(ServerLimits())
+        http = config.http
+        self.http_guard = ServerGuard(ServerLimits(
+            header_timeout=http.header_timeout, body_timeout=http.body_timeout,
+            max_concurrent=http.max_concurrent, max_line_size=http.max_line_size,
+        ))
 
     async def run(self, stop: asyncio.Event | None = None) -> int:
         config = self.config

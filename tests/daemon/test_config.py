@@ -116,3 +116,27 @@ capture:
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, "outputs: [/tmp/x]\ncapture:\n  correlation_headers: X-CID\n"))
     assert info.value.path == "capture.correlation_headers"
+
+
+def test_http_server_limits_come_from_the_config(tmp_path: Path) -> None:
+    """The daemon's HTTP server limits are config keys (defaults: 10 s head, 30 s body, 256 requests,
+    8190-byte lines), and reach the server guard the daemon runs its app with."""
+    from vcon_capture.daemon import Daemon
+
+    config = load_config(write(tmp_path, """
+outputs: [/tmp/x]
+http:
+  listen: 127.0.0.1:8080
+  header_timeout: 5
+  body_timeout: 12.5
+  max_concurrent: 1000
+  max_line_size: 16384
+"""))
+    limits = Daemon(config).http_guard.limits
+    assert (limits.header_timeout, limits.body_timeout, limits.max_concurrent, limits.max_line_size) == (
+        5.0, 12.5, 1000, 16384)
+    default = Daemon(load_config(write(tmp_path, "outputs: [/tmp/x]\n"))).http_guard.limits
+    assert (default.header_timeout, default.body_timeout, default.max_concurrent) == (10.0, 30.0, 256)
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "outputs: [/tmp/x]\nhttp:\n  max_concurrent: 0\n"))
+    assert info.value.path == "http.max_concurrent"
