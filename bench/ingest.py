@@ -82,18 +82,22 @@ def count_packets(path: Path) -> int:
         return sum(1 for _ in reader)
 
 
-def timed(cmd: list[str]) -> tuple[float, int]:
-    """Wall seconds, and peak memory (PSS, KiB) of the command's process tree when run through rss.py."""
+def timed(cmd: list[str]) -> tuple[float, int, int]:
+    """Wall seconds, and the peak memory of the command's process tree when run through rss.py: PSS
+    (its real footprint, shared pages counted once) and the sum of RSS (shared pages counted in every
+    process that maps them), in KiB."""
     start = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{cmd[0]} failed: {proc.stderr[-2000:]}")
-    peak = 0
+    pss = rss = 0
     for line in proc.stderr.splitlines():
         if line.startswith("peak_tree_pss_kib="):
-            peak = int(line.split("=", 1)[1])
-    return elapsed, peak
+            pss = int(line.split("=", 1)[1])
+        elif line.startswith("peak_tree_rss_kib="):
+            rss = int(line.split("=", 1)[1])
+    return elapsed, pss, rss
 
 
 _OUTPUTS: list[Path] = []
@@ -117,18 +121,19 @@ def ours(capture: Path, workers: str | None, fsync: bool = True, *, measure_memo
         cmd.append("--no-fsync")
     if measure_memory:
         cmd = [sys.executable, str(Path(__file__).resolve().parent / "rss.py"), *cmd]
-    elapsed, rss = timed(cmd)
+    elapsed, pss, rss = timed(cmd)
     vcons = len(list(out.glob("*.vcon.json")))
     if measure_memory:
         print(f"  ours (memory run, under the sampler): {elapsed:.2f} s, {vcons} vCons, "
-              f"peak memory (PSS of the process tree) {rss / 1024:.0f} MiB", flush=True)
+              f"peak memory of the process tree: PSS {pss / 1024:.0f} MiB, RSS summed {rss / 1024:.0f} MiB",
+              flush=True)
     else:
         print(f"  ours: {elapsed:.2f} s, {vcons} vCons", flush=True)
-    return elapsed, rss
+    return elapsed, pss, rss
 
 
 def theirs(capture: Path) -> float:
-    elapsed, _ = timed(["tshark", "-n", "-r", str(capture), "-q", "-z", "rtp,streams"])
+    elapsed, _, _ = timed(["tshark", "-n", "-r", str(capture), "-q", "-z", "rtp,streams"])
     print(f"  tshark: {elapsed:.2f} s", flush=True)
     return elapsed
 
@@ -167,18 +172,18 @@ def main() -> None:
         packets = count_packets(capture)
         size = capture.stat().st_size
         print(f"capture {capture}: {packets} packets, {size / 1e6:.0f} MB", flush=True)
-        our_times, rss = [], []
+        our_times: list[float] = []
         tshark_times = []
         for _ in range(args.runs):
             if not args.no_tshark:
                 tshark_times.append(theirs(capture))
-            t, _ = ours(capture, args.workers, fsync=not args.no_fsync, out_root=args.out_dir)
+            t, _, _ = ours(capture, args.workers, fsync=not args.no_fsync, out_root=args.out_dir)
             our_times.append(t)
-        rss.append(ours(capture, args.workers, fsync=not args.no_fsync, measure_memory=True,
-                        out_root=args.out_dir)[1])
+        _, pss, rss = ours(capture, args.workers, fsync=not args.no_fsync, measure_memory=True,
+                           out_root=args.out_dir)
         best = min(our_times)
         print(f"packets/s (ours, best of {args.runs}): {packets / best:,.0f}")
-        print(f"peak memory (PSS) (ours): {max(rss) / 1024:.0f} MiB")
+        print(f"peak memory (PSS) (ours): {pss / 1024:.0f} MiB (RSS summed over the processes: {rss / 1024:.0f} MiB)")
         if tshark_times:
             print(f"tshark best {min(tshark_times):.2f} s, ours best {best:.2f} s, "
                   f"ratio tshark/ours = {min(tshark_times) / best:.2f}")

@@ -99,3 +99,33 @@ def test_discard_removes_a_spilled_spool(tmp_path: Path) -> None:
     assert spool.path.exists()
     spool.discard()
     assert not spool.path.exists()
+
+
+def _resident_shared_kib() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("RssShmem:"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_neither_side_keeps_the_ring_resident(tmp_path: Path) -> None:
+    """Readers drop their page mappings of a slice once they have copied it, the writer its own every
+    8 MiB put (the bytes stay in the shared file): otherwise each process kept the whole 48 MiB ring
+    in its RSS."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not Path("/proc/self/status").exists():
+        pytest.skip("needs /dev/shm and /proc")
+    ring = HandOffArena(Path(shm / f"vcon-capture-test-{random.randrange(1 << 30)}"), 16 * 1024 * 1024)
+    try:
+        before = _resident_shared_kib()
+        chunks = [bytes([i]) * 1_000_000 for i in range(12)]
+        pieces = [ring.put(chunk) for chunk in chunks]
+        assert all(piece is not None for piece in pieces)
+        # 12 MB written: at most the last 8 MB of it resident in the writer.
+        assert _resident_shared_kib() - before <= 8 * 1024 + 64
+        for piece, chunk in zip(pieces, chunks, strict=True):
+            assert piece is not None and read_shared(piece) == chunk
+        assert _resident_shared_kib() - before <= 8 * 1024 + 64  # the reads left nothing mapped
+    finally:
+        ring.close()
