@@ -5,9 +5,9 @@ CSRCs), a few SSRCs per direction, sequence numbers in order, perhaps with DTMF 
 comfort noise. For those, :func:`render_plain` reads each spool once, chunk by chunk, in C
 (``capture._spoolrender``): statistics and placement of the audio in one pass, instead of the
 renderer's two array passes (each costs hundreds of numpy calls per call, which dominated the
-worker's time). Anything else — or an install without
-the compiled module — returns None, and the renderer takes its general path, which gives the same
-result (checked by tests that render both ways).
+worker's time). Anything else, or an install without the compiled module, returns None and the
+renderer takes its general path, which gives the same result (checked by tests that render both
+ways).
 """
 
 from __future__ import annotations
@@ -85,7 +85,9 @@ class PlainSpool:
     """The codec of each payload type the spool may carry."""
 
 
-_KINDS = {"PCMU": 1, "PCMA": 2, "CN": 3, "TELEPHONE-EVENT": 4}
+# Payload-type kinds, as capture/_spoolrender.c numbers them.
+_KIND_ULAW, _KIND_ALAW, _KIND_COMFORT_NOISE, _KIND_TELEPHONE_EVENT = 1, 2, 3, 4
+_KINDS = {"PCMU": _KIND_ULAW, "PCMA": _KIND_ALAW, "CN": _KIND_COMFORT_NOISE, "TELEPHONE-EVENT": _KIND_TELEPHONE_EVENT}
 
 
 def _kinds(epochs: Sequence[CodecEpoch]) -> tuple[bytes, dict[int, CodecSpec]]:
@@ -110,9 +112,9 @@ def _kinds(epochs: Sequence[CodecEpoch]) -> tuple[bytes, dict[int, CodecSpec]]:
         kind = _KINDS.get(spec.name, 0) if spec is not None else 0
         if spec is None or not kind:
             continue
-        if kind in (1, 2, 3) and spec.clock_rate != 8000:
+        if kind != _KIND_TELEPHONE_EVENT and spec.clock_rate != 8000:
             continue
-        if kind in (1, 2) and get_decoder(spec.encoding, spec.clock_rate, spec.channels, spec.fmtp) is None:
+        if kind in (_KIND_ULAW, _KIND_ALAW) and get_decoder(spec.encoding, spec.clock_rate, spec.channels, spec.fmtp) is None:
             continue
         table[payload_type] = kind
         specs[payload_type] = spec
