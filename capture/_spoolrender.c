@@ -39,12 +39,6 @@ static inline uint32_t be32(const unsigned char *p) {
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | (uint32_t)p[3];
 }
 
-/* Python's floor division for int64 (b > 0). */
-static inline int64_t floor_div(int64_t a, int64_t b) {
-    int64_t q = a / b;
-    return (a % b != 0 && a < 0) ? q - 1 : q;
-}
-
 /* One SSRC: StatsTracker's fields and _SsrcPlacer's anchor. */
 typedef struct {
     uint32_t ssrc;
@@ -115,6 +109,10 @@ static PyObject *render_g711(PyObject *module, PyObject *args) {
     if (events == NULL || runs == NULL)
         goto done;
     State *st = state_buf.buf;
+    if (st->count < 0 || st->count > MAX_SSRCS) {
+        PyErr_SetString(PyExc_ValueError, "render_g711: corrupt state");
+        goto done;
+    }
     const unsigned char *data = chunk.buf, *kind_of = kinds.buf;
     const int16_t *tables[3] = {NULL, ulaw.buf, alaw.buf};
     int16_t *out = scratch.buf;
@@ -129,6 +127,10 @@ static PyObject *render_g711(PyObject *module, PyObject *args) {
         memcpy(&length, data + position + 8, 4);
         if ((Py_ssize_t)length > size - position - 12)
             break; /* torn: the caller passes it again with the next chunk, or drops it at the end */
+        if (!isfinite(arrival)) {
+            plain = 0; /* not from a capture clock: left to the general path */
+            break;
+        }
         const unsigned char *d = data + position + 12;
         position += 12 + (Py_ssize_t)length;
         st->datagrams++;
@@ -237,12 +239,17 @@ static PyObject *render_g711(PyObject *module, PyObject *args) {
                                REANCHOR_SECONDS)
             s->anchored = 0;
         if (!s->anchored) {
+            double position = (arrival - start) * CLOCK;
+            if (!(fabs(position) < 0x1p62)) {
+                plain = 0; /* absurd time stamps: the general path's arbitrary-precision arithmetic */
+                break;
+            }
             s->anchored = 1;
             s->anchor_arrival = arrival;
             s->anchor_ts = s->ts;
-            s->anchor_offset = (int64_t)nearbyint((arrival - start) * CLOCK); /* round half to even */
+            s->anchor_offset = (int64_t)nearbyint(position); /* round half to even, as Python's round */
         }
-        int64_t offset = s->anchor_offset + floor_div((s->ts - s->anchor_ts) * CLOCK, CLOCK);
+        int64_t offset = s->anchor_offset + (s->ts - s->anchor_ts); /* (ts - anchor) * rate // clock */
         int64_t first = offset > 0 ? offset : 0;
         int64_t last = offset + (int64_t)(length - 12);
         if (last > frames)

@@ -4,6 +4,7 @@ general path it stands in for: the same WAV bytes, reports and statistics, or it
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import tempfile
@@ -195,6 +196,23 @@ def test_plain_path_declines_what_it_does_not_do_exactly(case: str) -> None:
     elif case == "restart":
         records[10] = (arrival, _rtp(0, 9000, 1000 + 1600, 7, bytes(160)))
     assert _declines(records)
+
+
+@needs_module
+def test_plain_path_declines_clocks_no_capture_gives() -> None:
+    """A NaN arrival, or a window so wide that sample offsets leave int64, goes to the general path
+    (Python's integers), never into undefined C conversions."""
+    records = _audio(20)
+    records[5] = (math.nan, records[5][1])
+    assert _declines(records)
+    with tempfile.TemporaryDirectory() as name:
+        stream = StreamSpool(Path(name), "x")
+        stream.set_codecs(0.0, CODECS)
+        for arrival, data in _audio(20):
+            stream.add(arrival, data)
+        block = np.zeros(100, dtype=np.int16)
+        assert plain_render.render_plain([[stream.finish()]], [render_place.MemoryChannel(block)], -1e300, 1e300,
+                                         100) is None
 
 
 @needs_module
