@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -24,6 +23,7 @@ import numpy.typing as npt
 
 from capture.codecs import ALAW_TABLE, ULAW_TABLE, get_decoder
 from capture.spool import STATIC_PAYLOAD_TYPES, CodecEpoch, CodecSpec, SpoolInfo
+from capture.spool_reader import read_pieces
 
 try:  # built from capture/_spoolrender.c when a compiler was there at install time
     if os.environ.get("VCON_CAPTURE_PURE_PYTHON") or sys.byteorder != "little":
@@ -130,19 +130,6 @@ class ChannelOut(Protocol):
     def write(self, offset: int, samples: npt.NDArray[np.int16]) -> None: ...
 
 
-def _chunks(spool: SpoolInfo) -> Iterator[bytes | memoryview]:
-    """The spool's records in pieces of about READ_CHUNK bytes (records may straddle them)."""
-    source = spool.source
-    if not isinstance(source, Path):
-        yield source
-        return
-    if not source.exists():
-        return  # a spool that never received a datagram has no file
-    with open(source, "rb") as handle:
-        while piece := handle.read(READ_CHUNK):
-            yield piece
-
-
 def _render_spool(spool: SpoolInfo, out: ChannelOut, start: float, stop: float, frames: int,
                   bridge: bool) -> PlainSpool | None:
     assert _spoolrender is not None
@@ -151,7 +138,7 @@ def _render_spool(spool: SpoolInfo, out: ChannelOut, start: float, stop: float, 
     state = bytearray(_spoolrender.STATE_SIZE)
     events: list[tuple[float, int, int, int, bytes]] = []
     carry = b""
-    for piece in _chunks(spool):
+    for piece in read_pieces(spool.source, READ_CHUNK):
         chunk = carry + piece if carry else piece
         scratch = np.empty(2 * len(chunk), dtype=np.int16)  # decoded payloads, and silence joining runs
         found = render(state, chunk, kinds, _ULAW, _ALAW, start, stop, frames, scratch, bridge)
@@ -161,7 +148,7 @@ def _render_spool(spool: SpoolInfo, out: ChannelOut, start: float, stop: float, 
         for frame, begin, length in runs:
             out.write(frame, scratch[begin : begin + length])
         events.extend(chunk_events)
-        carry = bytes(chunk[consumed:])  # a record torn by the chunk boundary (dropped at the end)
+        carry = chunk[consumed:]  # a record torn by the chunk boundary (dropped at the end)
     datagrams, rtcp, early, late, placed, comfort_noise, ssrcs = _spoolrender.plain_result(state)
     return PlainSpool(datagrams, rtcp, early, late, placed, comfort_noise, events,
                       [PlainSsrc(*ssrc) for ssrc in ssrcs], specs)

@@ -21,7 +21,9 @@ import numpy.typing as npt
 from capture.rtp import RtpPacket, RtpParseError
 from capture.spool import RECORD_HEADER as _RECORD
 
-__all__ = ["BoolArray", "ByteArray", "FloatArray", "IntArray", "RecordBatch", "iter_batches", "iter_records"]
+__all__ = [
+    "BoolArray", "ByteArray", "FloatArray", "IntArray", "RecordBatch", "iter_batches", "iter_records", "read_pieces",
+]
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -174,51 +176,50 @@ def _batch(data: bytes, starts: IntArray, ends: IntArray) -> RecordBatch:
     )
 
 
-def _open(source: Path | bytes) -> BinaryIO | None:
+def read_pieces(source: Path | bytes, size: int = _READ_CHUNK) -> Iterator[bytes]:
+    """The raw bytes of a spool (file or bytes) in pieces of at most ``size``; records may straddle
+    pieces, so readers carry a torn tail over to the next one. Nothing for a missing file (a spool
+    that never received a datagram has none)."""
     if isinstance(source, bytes):
-        return io.BytesIO(source)
-    try:
-        return open(source, "rb")
-    except FileNotFoundError:
-        return None
+        spool: BinaryIO = io.BytesIO(source)
+    else:
+        try:
+            spool = open(source, "rb")  # noqa: SIM115 - closed by the with below
+        except FileNotFoundError:
+            return
+    with spool:
+        while piece := spool.read(size):
+            yield piece
 
 
 def iter_batches(source: Path | bytes, chunk_size: int = _READ_CHUNK) -> Iterator[RecordBatch]:
     """The records of a spool (file or bytes) in batches of about `chunk_size` bytes; a torn last record
     is dropped."""
-    spool = _open(source)
-    if spool is None:
-        return
-    with spool:
-        carry = b""
-        while chunk := spool.read(chunk_size):
-            data = carry + chunk if carry else chunk
-            starts, position = _record_starts(data, np.frombuffer(data, dtype=np.uint8))
-            if len(starts):
-                ends = np.empty_like(starts)
-                ends[:-1] = starts[1:] - 12
-                ends[-1] = position
-                yield _batch(data, starts, ends)
-            carry = data[position:]
+    carry = b""
+    for chunk in read_pieces(source, chunk_size):
+        data = carry + chunk if carry else chunk
+        starts, position = _record_starts(data, np.frombuffer(data, dtype=np.uint8))
+        if len(starts):
+            ends = np.empty_like(starts)
+            ends[:-1] = starts[1:] - 12
+            ends[-1] = position
+            yield _batch(data, starts, ends)
+        carry = data[position:]
 
 
 def iter_records(source: Path | bytes) -> Iterator[tuple[float, memoryview]]:
     """(arrival, datagram) one record at a time (the renderer's generic path); a torn last record is dropped."""
-    spool = _open(source)
-    if spool is None:
-        return
     header = _RECORD.size
-    with spool:
-        carry = b""
-        while chunk := spool.read(_READ_CHUNK):
-            data = carry + chunk if carry else chunk
-            view = memoryview(data)
-            position, end = 0, len(data)
-            while position + header <= end:
-                arrival, length = _RECORD.unpack_from(view, position)
-                stop = position + header + length
-                if stop > end:
-                    break
-                yield arrival, view[position + header : stop]
-                position = stop
-            carry = data[position:]
+    carry = b""
+    for chunk in read_pieces(source):
+        data = carry + chunk if carry else chunk
+        view = memoryview(data)
+        position, end = 0, len(data)
+        while position + header <= end:
+            arrival, length = _RECORD.unpack_from(view, position)
+            stop = position + header + length
+            if stop > end:
+                break
+            yield arrival, view[position + header : stop]
+            position = stop
+        carry = data[position:]
