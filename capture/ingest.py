@@ -191,8 +191,9 @@ def complete_jobs(
     return results
 
 
-class _Completer:
-    """Runs :func:`complete_jobs` on batches of calls, inline or in a process pool, in order."""
+class CallCompleter:
+    """Runs :func:`complete_jobs` on batches of calls, inline (``workers`` 0) or in a process pool, in
+    order; with ``write_dir`` the vCons are written there, else ``handler`` gets each."""
 
     def __init__(self, workers: int, options: AssemblyOptions, handler: VconHandler,
                  write_dir: Path | None = None, durable: bool = True, file_mode: int = 0o600) -> None:
@@ -309,7 +310,7 @@ def ingest_file(
     engine.arena = arena
     decoder = PacketDecoder()
     tcp = TcpSipReassembler(engine)
-    completer = _Completer(workers, opts.assembly, handler, opts.write_dir, opts.fsync, opts.file_mode)
+    completer = CallCompleter(workers, opts.assembly, handler, opts.write_dir, opts.fsync, opts.file_mode)
     completer.arena = arena
     handle_datagram = engine.handle_datagram
     fast = engine.handle_frame

@@ -33,9 +33,8 @@ from typing import IO, Any
 
 import structlog
 
-from capture.complete import complete_call
 from capture.engine import CaptureEngine
-from capture.ingest import IGNORED_REASONS, FileSummary, IngestOptions, VconHandler, complete_jobs
+from capture.ingest import IGNORED_REASONS, CallCompleter, FileSummary, IngestOptions, VconHandler
 from capture.netlayers import PacketDecoder
 from capture.pcapio import CaptureError, open_capture
 from capture.sip import looks_like_sip
@@ -193,14 +192,13 @@ def ingest_file_tshark(
     pending = next(frames, None)
     packets = 0
 
+    # As the native engine does, inline: with write_dir the vCons are written there, else handed over.
+    completer = CallCompleter(0, opts.assembly, handler, opts.write_dir, opts.fsync, opts.file_mode)
+
     def complete_ready() -> None:
         for job in engine.drain():
             summary.calls += 1
-            if opts.write_dir is not None:  # as the native engine: written here, the handler not called
-                complete_jobs([job], opts.assembly, time.time(), opts.write_dir, opts.fsync, opts.file_mode)
-            else:
-                handler(complete_call(job, opts.assembly, time.time()))
-            summary.vcons += 1
+            completer.submit(job)
 
     try:
         with reader:
@@ -231,12 +229,14 @@ def ingest_file_tshark(
             summary.truncated_at = reader.truncated_at
         engine.finish_all()
         complete_ready()
+        completer.close()
         for _ in frames:  # let tshark finish, so a failure is reported
             pass
     finally:
         frames.close()
         shutil.rmtree(work_root, ignore_errors=True)
     summary.packets = packets
+    summary.vcons = completer.done
     reasons: Counter[str] = Counter(decoder.skipped)
     for name, value in engine.counters.items():
         if name.startswith("sip-malformed") or name == "unmatched-datagrams":
