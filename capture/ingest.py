@@ -36,6 +36,7 @@ from capture.tcp import TcpSipReassembler
 from capture.workers import GC_THRESHOLDS, auto_workers, render_pool
 from conversation.assembler import AssemblyOptions, DeferredBody
 from conversation.vcon import b64url_bytes
+from delivery.atomic import DEFAULT_FILE_MODE
 
 log = structlog.get_logger("vcon_capture.ingest")
 
@@ -87,7 +88,7 @@ class IngestOptions:
     loop); the handler is then not called. None = hand every vCon dict to the handler."""
     fsync: bool = True
     """fsync each file written to ``write_dir`` before its rename (False: atomic, not durable)."""
-    file_mode: int = 0o600
+    file_mode: int = DEFAULT_FILE_MODE
     """Permission bits of the files written to ``write_dir`` (the umask still applies)."""
 
 
@@ -158,7 +159,7 @@ direction each) fit; when it is full, spools go through files instead."""
 
 def complete_jobs(
     jobs: list[FinishedCall], options: AssemblyOptions, now: float, write_dir: Path | None, durable: bool = True,
-    file_mode: int = 0o600,
+    file_mode: int = DEFAULT_FILE_MODE,
 ) -> list[dict[str, Any] | str]:
     """Build the vCons of a batch of calls (one task for a worker, not one per call).
 
@@ -196,7 +197,7 @@ class CallCompleter:
     order; with ``write_dir`` the vCons are written there, else ``handler`` gets each."""
 
     def __init__(self, workers: int, options: AssemblyOptions, handler: VconHandler,
-                 write_dir: Path | None = None, durable: bool = True, file_mode: int = 0o600) -> None:
+                 write_dir: Path | None = None, durable: bool = True, file_mode: int = DEFAULT_FILE_MODE) -> None:
         self.durable = durable
         self.file_mode = file_mode
         self.options = options

@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import Any
 
 from conversation.assembler import MediaStore
+from delivery.atomic import DEFAULT_FILE_MODE
 
 
 def dumps(vcon: dict[str, Any]) -> bytes:
@@ -21,7 +22,7 @@ class IngestOutput:
     """``put`` each vCon; ``finish`` delivers what went to the outbox (or leaves it there)."""
 
     def __init__(self, out: Path | None, targets: list[str], token: str | None, spool: Path | None,
-                 file_mode: int = 0o600) -> None:
+                 file_mode: int = DEFAULT_FILE_MODE) -> None:
         self.directory: Any = None
         if out is not None:  # imported only here: the sinks module loads httpx and redis (~0.15 s)
             from delivery.sinks import DirectorySink
@@ -73,7 +74,7 @@ class IngestOutput:
 
 
 def build_output(*, out: Path | None, targets: list[str], token: str | None, spool: Path | None,
-                 file_mode: int = 0o600) -> IngestOutput:
+                 file_mode: int = DEFAULT_FILE_MODE) -> IngestOutput:
     return IngestOutput(out, targets, token, spool, file_mode)
 
 
