@@ -458,7 +458,6 @@ class StatsTracker:
         )
 
 
-
 _JITTER_BLOCK = 256
 _DECAY = (15 / 16) ** np.arange(1, _JITTER_BLOCK + 1, dtype=np.float64)
 _GROWTH = 1 / _DECAY
